@@ -1,0 +1,312 @@
+"""The component contract every component follows (mirrors TFX, no TFX).
+
+A component is a library with
+
+- a `ComponentSpec`: its name, its typed input and output artifacts, and the
+  dataclass type of its execution properties (its typed config);
+- a `run(inputs, outputs, config)` entry point that reads the input
+  artifacts, writes the output artifacts under their URIs and fills in their
+  properties;
+- a thin CLI (an absl `main`) that builds the config from flags and calls
+  `execute`.
+
+Artifacts are self-describing: `execute` writes `_artifact.json` (type, URI,
+properties, producer) at the root of every output artifact and
+`_execution.json` (the resolved config, inputs, outputs, timing) beside it, so
+a component run alone by cron, Airflow or Vertex leaves the same record as one
+run by the pipeline. The pipeline's run ledger builds lineage from these.
+
+Artifact types and their layouts (as TFX's standard artifacts):
+
+- `Examples`: `<uri>/Split-<name>/` TFRecord shards of tf.Example.
+- `Model`: `<uri>/Format-Serving/` SavedModel, `<uri>/checkpoints/`.
+- `ModelEvaluation`: `<uri>/metrics.json` and PNG plots.
+- `ModelBlessing`: an empty `<uri>/BLESSED` or `<uri>/NOT_BLESSED`.
+- `PushedModel`: the pushed version directory in its properties.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import tensorflow as tf
+
+ARTIFACT_FILE = "_artifact.json"
+EXECUTION_FILE = "_execution.json"
+
+# The artifact types the components exchange (TFX's standard names).
+EXAMPLES = "Examples"
+MODEL = "Model"
+MODEL_EVALUATION = "ModelEvaluation"
+MODEL_BLESSING = "ModelBlessing"
+PUSHED_MODEL = "PushedModel"
+ARTIFACT_TYPES = (
+    EXAMPLES,
+    MODEL,
+    MODEL_EVALUATION,
+    MODEL_BLESSING,
+    PUSHED_MODEL,
+)
+
+
+class ArtifactError(ValueError):
+    """An artifact is missing, of the wrong type, or unreadable."""
+
+
+@dataclasses.dataclass
+class Artifact:
+    """A typed pointer to data a component produced or consumes.
+
+    Attributes:
+      type_name: one of `ARTIFACT_TYPES`.
+      uri: the artifact's root directory (local path or gs://).
+      properties: JSON-serializable facts about it (span, split names,
+        blessed, pushed version, ...).
+    """
+
+    type_name: str
+    uri: str
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.type_name not in ARTIFACT_TYPES:
+            raise ArtifactError(
+                f"Unknown artifact type {self.type_name!r}; expected one of "
+                f"{ARTIFACT_TYPES}."
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Artifact:
+        return cls(
+            type_name=data["type_name"],
+            uri=data["uri"],
+            properties=dict(data.get("properties", {})),
+        )
+
+    def write(self) -> None:
+        """Writes `_artifact.json` at the artifact's root."""
+        write_json(os.path.join(self.uri, ARTIFACT_FILE), self.to_json())
+
+    @classmethod
+    def read(cls, uri: str, type_name: str | None = None) -> Artifact:
+        """Reads the artifact whose root is `uri`.
+
+        Args:
+          uri: the artifact's root directory.
+          type_name: when given, the type the caller expects.
+
+        Returns:
+          The artifact, with the URI it was found at (it may have moved).
+
+        Raises:
+          ArtifactError: no `_artifact.json` there, or the wrong type.
+        """
+        path = os.path.join(uri, ARTIFACT_FILE)
+        if not tf.io.gfile.exists(path):
+            raise ArtifactError(
+                f"{uri} is not an artifact: {ARTIFACT_FILE} is missing. Pass "
+                "the output directory of a finished component run."
+            )
+        artifact = cls.from_json(read_json(path))
+        artifact.uri = uri
+        if type_name is not None and artifact.type_name != type_name:
+            raise ArtifactError(
+                f"{uri} holds a {artifact.type_name} artifact, but a "
+                f"{type_name} is needed here."
+            )
+        return artifact
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+    """What a component takes and makes.
+
+    Attributes:
+      name: the component id, e.g. "ExampleGen".
+      inputs: input key to artifact type; keys in `optional_inputs` may be
+        absent.
+      outputs: output key to artifact type.
+      config_type: the dataclass of the execution properties.
+      optional_inputs: input keys that may be left out.
+    """
+
+    name: str
+    inputs: Mapping[str, str]
+    outputs: Mapping[str, str]
+    config_type: type
+    optional_inputs: frozenset[str] = frozenset()
+
+
+class Component:
+    """Base class: subclasses set `SPEC` and implement `run`."""
+
+    SPEC: ClassVar[ComponentSpec]
+
+    def run(
+        self,
+        inputs: Mapping[str, Artifact],
+        outputs: Mapping[str, Artifact],
+        config: Any,
+    ) -> None:
+        """Does the work: reads `inputs`, writes under `outputs[k].uri`.
+
+        Implementations add facts to `outputs[k].properties`; `execute`
+        records them.
+
+        Args:
+          inputs: input artifacts by key (optional ones may be absent).
+          outputs: output artifacts by key, their URIs already chosen.
+          config: an instance of `SPEC.config_type`.
+        """
+        raise NotImplementedError
+
+
+def execute(
+    component: Component,
+    inputs: Mapping[str, Artifact],
+    output_uris: Mapping[str, str],
+    config: Any,
+) -> dict[str, Artifact]:
+    """Checks the contract, runs the component and records the execution.
+
+    Args:
+      component: the component to run.
+      inputs: input artifacts by key.
+      output_uris: the root directory for each output key.
+      config: the execution properties, an instance of
+        `component.SPEC.config_type`.
+
+    Returns:
+      The output artifacts with the properties the component set.
+
+    Raises:
+      ArtifactError: an input is missing or of the wrong type, or an output
+        key is missing.
+      TypeError: `config` is not the spec's config type.
+    """
+    spec = component.SPEC
+    if not isinstance(config, spec.config_type):
+        raise TypeError(
+            f"{spec.name} takes a {spec.config_type.__name__} config, got "
+            f"{type(config).__name__}."
+        )
+    for key, type_name in spec.inputs.items():
+        if key not in inputs:
+            if key in spec.optional_inputs:
+                continue
+            raise ArtifactError(f"{spec.name} needs the input {key!r}.")
+        if inputs[key].type_name != type_name:
+            raise ArtifactError(
+                f"{spec.name} input {key!r} must be a {type_name}, got a "
+                f"{inputs[key].type_name} at {inputs[key].uri}."
+            )
+    unknown = set(inputs) - set(spec.inputs)
+    if unknown:
+        raise ArtifactError(f"{spec.name} has no inputs {sorted(unknown)}.")
+    if set(output_uris) != set(spec.outputs):
+        raise ArtifactError(
+            f"{spec.name} writes the outputs {sorted(spec.outputs)}, got "
+            f"URIs for {sorted(output_uris)}."
+        )
+    outputs = {
+        key: Artifact(spec.outputs[key], uri)
+        for key, uri in output_uris.items()
+    }
+    for artifact in outputs.values():
+        tf.io.gfile.makedirs(artifact.uri)
+    started = time.time()
+    component.run(inputs, outputs, config)
+    finished = time.time()
+    record = {
+        "component": spec.name,
+        "config": config_to_json(config),
+        "inputs": {k: a.to_json() for k, a in inputs.items()},
+        "outputs": {k: a.to_json() for k, a in outputs.items()},
+        "started": _iso(started),
+        "finished": _iso(finished),
+        "seconds": round(finished - started, 3),
+    }
+    for artifact in outputs.values():
+        artifact.properties.setdefault("producer", spec.name)
+        artifact.write()
+        write_json(os.path.join(artifact.uri, EXECUTION_FILE), record)
+    return outputs
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+    """A dataclass config as JSON-ready data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def config_from_json(config_type: type, data: Mapping[str, Any]) -> Any:
+    """Builds `config_type` from JSON data, recursing into dataclasses.
+
+    Args:
+      config_type: a dataclass type.
+      data: field values; unknown keys are an error.
+
+    Returns:
+      The config instance.
+
+    Raises:
+      ValueError: `data` has a key that is not a field of `config_type`.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(
+            f"{config_type.__name__} has no fields {sorted(unknown)}; "
+            f"known: {sorted(fields)}."
+        )
+    hints = _type_hints(config_type)
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints.get(name)
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = config_from_json(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return config_type(**kwargs)
+
+
+def _type_hints(config_type: type) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(config_type)
+    except Exception:  # Unresolvable forward references: no recursion.
+        return {}
+
+
+def write_json(path: str, data: Any) -> None:
+    """Writes JSON atomically (temp file, then rename) on any filesystem."""
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True, default=str))
+        f.write("\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def read_json(path: str) -> Any:
+    """Reads a JSON file, naming it in the error when it is not JSON."""
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).isoformat()

@@ -1,0 +1,120 @@
+"""Shared plumbing for the thin component and pipeline binaries.
+
+`bazel run` starts a binary inside its runfiles tree, so relative paths the
+user typed must be resolved against the directory the user ran from
+(`BUILD_WORKING_DIRECTORY`), and defaults must point outside both the source
+tree and the runfiles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from components import base
+
+# Where outputs go when the user names none: outside the source tree.
+DEFAULT_HOME_ENV = "COATNET_HOME"
+
+
+def resolve_user_path(path: str) -> str:
+    """Resolves a path the user typed on the command line.
+
+    Args:
+      path: a local path, relative or absolute, or a URI such as gs://...
+
+    Returns:
+      URIs and absolute paths unchanged; relative paths joined to the
+      directory `bazel run` was called from (or the current directory).
+    """
+    if not path or "://" in path or os.path.isabs(path):
+        return path
+    base_dir = os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd()
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
+
+
+def default_home() -> str:
+    """The default root for outputs: $COATNET_HOME or ~/coatnet_runs."""
+    home = os.environ.get(DEFAULT_HOME_ENV)
+    if home:
+        return resolve_user_path(home)
+    return os.path.join(os.path.expanduser("~"), "coatnet_runs")
+
+
+def check_output_location(path: str, flag: str) -> str:
+    """Refuses output paths inside the runfiles tree or the source tree.
+
+    Args:
+      path: the resolved output path.
+      flag: the flag that named it, for the error message.
+
+    Returns:
+      `path`, when it is acceptable.
+
+    Raises:
+      ValueError: `path` lies inside the runfiles or the workspace sources.
+    """
+    if "://" in path:
+        return path
+    real = os.path.realpath(path)
+    forbidden = {
+        "the runfiles tree": os.environ.get("RUNFILES_DIR"),
+        "the source tree": os.environ.get("BUILD_WORKSPACE_DIRECTORY"),
+    }
+    for what, root in forbidden.items():
+        if root and (
+            real == os.path.realpath(root)
+            or real.startswith(os.path.realpath(root) + os.sep)
+        ):
+            raise ValueError(
+                f"--{flag}={path} is inside {what} ({root}); choose a "
+                "directory outside it, e.g. ~/coatnet_runs/..."
+            )
+    return path
+
+
+def read_input_artifact(uri: str, type_name: str, flag: str) -> base.Artifact:
+    """Reads an input artifact named by a flag, with a flag-naming error.
+
+    Args:
+      uri: what the user passed (resolved here).
+      type_name: the artifact type expected.
+      flag: the flag's name.
+
+    Returns:
+      The artifact.
+
+    Raises:
+      ValueError: the flag is empty or does not point at such an artifact.
+    """
+    if not uri:
+        raise ValueError(f"--{flag} is required: the {type_name} artifact.")
+    try:
+        return base.Artifact.read(resolve_user_path(uri), type_name)
+    except base.ArtifactError as e:
+        raise ValueError(f"--{flag}: {e}") from e
+
+
+def load_config_overrides(path: str) -> Mapping[str, Any]:
+    """Reads a JSON config file named by --config_file ({} when empty)."""
+    if not path:
+        return {}
+    path = resolve_user_path(path)
+    try:
+        return base.read_json(path)
+    except (OSError, base.ArtifactError) as e:
+        raise ValueError(f"--config_file={path}: {e}") from e
+
+
+def print_outputs(outputs: Mapping[str, base.Artifact]) -> None:
+    """Logs and prints the output artifacts of a finished run."""
+    for key, artifact in outputs.items():
+        logging.info("%s -> %s", key, artifact.uri)
+        print(
+            json.dumps(
+                {"output": key, **artifact.to_json()}, default=str, indent=1
+            )
+        )

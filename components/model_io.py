@@ -1,0 +1,164 @@
+"""The Model artifact: how a trained CoAtNet is stored and loaded again.
+
+Layout under a Model artifact's URI (the Trainer writes it; the Evaluator,
+Exporter and the finetune/retrain pipelines read it):
+
+  model_spec.json    `ModelSpec`: variant, classes, resolution, overrides,
+                     single- or multi-label, preprocessing.
+  labels.txt         class names, one per line, in class-index order.
+  checkpoints/       the trainer's `tf.train.CheckpointManager` directory
+                     (model, optimizer, EMA, step): resume state.
+  weights/           a model-only `tf.train.Checkpoint(model=...)` of the
+                     weights to serve: the EMA weights when the trainer kept
+                     an EMA, else the final weights.
+  Format-Serving/    the SavedModel, once the Exporter has run on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from components import base
+
+MODEL_SPEC_FILE = "model_spec.json"
+LABELS_FILE = "labels.txt"
+CHECKPOINT_DIR = "checkpoints"
+WEIGHTS_DIR = "weights"
+WEIGHTS_PREFIX = "model"
+SERVING_DIR = "Format-Serving"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Enough to rebuild the model and its input and output conventions.
+
+    Attributes:
+      variant: a `coatnet_tf` variant name, e.g. "coatnet-0".
+      num_classes: the classifier's width.
+      image_size: the input resolution the weights were trained at.
+      multi_label: sigmoid outputs (21K, JFT) rather than softmax.
+      overrides: keyword overrides passed to `coatnet_tf.create_model`.
+    """
+
+    variant: str
+    num_classes: int
+    image_size: int
+    multi_label: bool = False
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def build_model(spec: ModelSpec) -> tf.keras.Model:
+    """Creates the model of `spec` and builds its variables.
+
+    Args:
+      spec: the model spec.
+
+    Returns:
+      A built `coatnet_tf.CoAtNet` (variables created, random weights).
+    """
+    import coatnet_tf  # Deferred: keeps this module light for readers.
+
+    model = coatnet_tf.create_model(
+        spec.variant,
+        num_classes=spec.num_classes,
+        image_size=spec.image_size,
+        **spec.overrides,
+    )
+    model(tf.zeros([1, spec.image_size, spec.image_size, 3]), training=False)
+    return model
+
+
+def write_model(
+    uri: str,
+    model: tf.keras.Model,
+    spec: ModelSpec,
+    labels: Sequence[str],
+) -> str:
+    """Writes the spec, the labels and the serving weights of a model.
+
+    Args:
+      uri: the Model artifact's root.
+      model: the model whose current weights are the ones to serve (swap
+        in the EMA weights before calling, when there is an EMA).
+      spec: the model's spec.
+      labels: class names in index order; `len(labels) == num_classes`.
+
+    Returns:
+      The checkpoint path of the written weights.
+
+    Raises:
+      ValueError: the label count does not match the classifier.
+    """
+    if len(labels) != spec.num_classes:
+        raise ValueError(
+            f"{len(labels)} labels for a {spec.num_classes}-class model."
+        )
+    base.write_json(os.path.join(uri, MODEL_SPEC_FILE), _spec_json(spec))
+    write_labels(os.path.join(uri, LABELS_FILE), labels)
+    weights_dir = os.path.join(uri, WEIGHTS_DIR)
+    if tf.io.gfile.exists(weights_dir):
+        tf.io.gfile.rmtree(weights_dir)
+    return tf.train.Checkpoint(model=model).write(
+        os.path.join(weights_dir, WEIGHTS_PREFIX)
+    )
+
+
+def read_spec(uri: str) -> ModelSpec:
+    """Reads `model_spec.json` from a Model artifact's root."""
+    path = os.path.join(uri, MODEL_SPEC_FILE)
+    if not tf.io.gfile.exists(path):
+        raise base.ArtifactError(
+            f"{uri} has no {MODEL_SPEC_FILE}: not a trained Model artifact."
+        )
+    return base.config_from_json(ModelSpec, base.read_json(path))
+
+
+def load_model(uri: str) -> tuple[tf.keras.Model, ModelSpec, list[str]]:
+    """Rebuilds the model stored in a Model artifact with its weights.
+
+    Args:
+      uri: the Model artifact's root.
+
+    Returns:
+      (model, spec, labels).
+
+    Raises:
+      ArtifactError: the artifact has no spec or no weights.
+    """
+    spec = read_spec(uri)
+    labels = read_labels(os.path.join(uri, LABELS_FILE))
+    model = build_model(spec)
+    weights = os.path.join(uri, WEIGHTS_DIR, WEIGHTS_PREFIX)
+    if not tf.io.gfile.exists(weights + ".index"):
+        raise base.ArtifactError(
+            f"{uri} has no {WEIGHTS_DIR}/{WEIGHTS_PREFIX}: the trainer did "
+            "not finish writing this model."
+        )
+    tf.train.Checkpoint(model=model).read(weights).assert_consumed()
+    return model, spec, labels
+
+
+def write_labels(path: str, labels: Sequence[str]) -> None:
+    """Writes class names one per line; names may not hold newlines."""
+    for name in labels:
+        if "\n" in name or "\r" in name:
+            raise ValueError(f"Label {name!r} holds a line break.")
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("".join(f"{name}\n" for name in labels))
+
+
+def read_labels(path: str) -> list[str]:
+    """Reads a labels file written by `write_labels`."""
+    if not tf.io.gfile.exists(path):
+        raise base.ArtifactError(f"Label file {path} is missing.")
+    with tf.io.gfile.GFile(path, "r") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _spec_json(spec: ModelSpec) -> dict[str, Any]:
+    return base.config_to_json(spec)
