@@ -1,0 +1,247 @@
+"""A small DAG runner for components: resolve inputs, cache, run, record.
+
+A pipeline is a list of `Node`s. Each node names a component, its typed
+config, and where each input comes from: another node's output
+(`OutputRef`), a fixed artifact, or a `Resolver` that looks one up in the
+store (e.g. the latest blessed model). Nodes run in the given order, which
+must be topological.
+
+Caching (TFX's `enable_cache`): a node's cache key hashes the component, its
+config, its input artifacts (URI and properties) and the source code of the
+packages it runs. When a COMPLETE execution with the same key exists and
+its outputs are still there, the node is skipped and those outputs are
+reused. When the newest execution with that key is RUNNING or FAILED (the
+process crashed or the component raised), the node runs again in the same
+output directories, so a trainer resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from components import base
+from pipeline import store as store_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputRef:
+    """The output `key` of the node `node_id`."""
+
+    node_id: str
+    key: str
+
+
+# Looks an artifact up in the store; None means "absent" (optional input).
+Resolver = Callable[[store_lib.ArtifactStore], base.Artifact | None]
+InputSource = OutputRef | base.Artifact | Resolver
+
+
+@dataclasses.dataclass
+class Node:
+    """One component in a pipeline.
+
+    Attributes:
+      id: unique in the pipeline; names its output directories.
+      component: the component instance.
+      config: its execution properties (the spec's config dataclass).
+      inputs: input key to source.
+      code_packages: packages besides the component's own whose source is
+        part of the cache key (e.g. "coatnet_tf" for the trainer).
+    """
+
+    id: str
+    component: base.Component
+    config: Any
+    inputs: Mapping[str, InputSource] = dataclasses.field(default_factory=dict)
+    code_packages: Sequence[str] = ()
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    """What a run did: per node, its execution and output artifacts."""
+
+    run_id: str
+    executions: dict[str, store_lib.Execution]
+    outputs: dict[str, dict[str, base.Artifact]]
+
+    def cached(self) -> list[str]:
+        return [
+            node
+            for node, e in self.executions.items()
+            if e.state == store_lib.CACHED
+        ]
+
+
+def new_run_id() -> str:
+    stamp = datetime.datetime.now(datetime.UTC)
+    return stamp.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def run(
+    pipeline_name: str,
+    nodes: Sequence[Node],
+    store: store_lib.ArtifactStore,
+    *,
+    enable_cache: bool = True,
+    run_id: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Runs the nodes in order with caching, recording each in the ledger.
+
+    Args:
+      pipeline_name: recorded with each execution.
+      nodes: the DAG, in topological order.
+      store: the artifact store (pipeline root).
+      enable_cache: reuse outputs of identical earlier executions.
+      run_id: an id for this run (default: time and a random suffix).
+      progress: receives one line per node start and end.
+
+    Returns:
+      The run's executions and outputs.
+
+    Raises:
+      ValueError: duplicate node ids or an input referring to a later or
+        unknown node.
+      Exception: whatever a component raised; its execution is recorded
+        FAILED first.
+    """
+    run_id = run_id or new_run_id()
+    _check_order(nodes)
+    result = PipelineResult(run_id, {}, {})
+    for index, node in enumerate(nodes, 1):
+        inputs = _resolve_inputs(node, result, store)
+        config_json = base.config_to_json(node.config)
+        key = cache_key(node, inputs, config_json)
+        prefix = f"[{index}/{len(nodes)}] {node.id}"
+        hit = store.find_complete(key) if enable_cache else None
+        if hit is not None:
+            execution = store.start(
+                run_id=run_id,
+                pipeline=pipeline_name,
+                component_id=node.id,
+                cache_key=key,
+                inputs=inputs,
+                config=config_json,
+            )
+            outputs = hit.output_artifacts()
+            store.finish(
+                execution, store_lib.CACHED, outputs, reused_from=hit.id
+            )
+            progress(f"{prefix}: cached (execution {hit.id})")
+        else:
+            unfinished = store.find_unfinished(key)
+            reuse = unfinished.id if unfinished is not None else None
+            execution = store.start(
+                run_id=run_id,
+                pipeline=pipeline_name,
+                component_id=node.id,
+                cache_key=key,
+                inputs=inputs,
+                config=config_json,
+                reuse_id=reuse,
+            )
+            verb = "resuming" if reuse is not None else "running"
+            progress(f"{prefix}: {verb} (execution {execution.id})")
+            uris = {
+                k: store.output_uri(node.id, k, execution.id)
+                for k in node.component.SPEC.outputs
+            }
+            started = time.time()
+            try:
+                outputs = base.execute(
+                    node.component, inputs, uris, node.config
+                )
+            except BaseException as e:
+                store.finish(execution, store_lib.FAILED, error=repr(e))
+                progress(f"{prefix}: FAILED: {e!r}")
+                raise
+            store.finish(execution, store_lib.COMPLETE, outputs)
+            progress(f"{prefix}: done in {time.time() - started:.1f} s")
+        result.executions[node.id] = execution
+        result.outputs[node.id] = outputs
+    return result
+
+
+def cache_key(
+    node: Node, inputs: Mapping[str, base.Artifact], config: Any
+) -> str:
+    """Hash of component, node id, config, inputs and code."""
+    payload = {
+        "component": node.component.SPEC.name,
+        "node": node.id,
+        "config": config,
+        "inputs": {
+            k: {"uri": a.uri, "properties": a.properties}
+            for k, a in sorted(inputs.items())
+        },
+        "code": code_fingerprint(node),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def code_fingerprint(node: Node) -> str:
+    """Hash of the .py sources of the component's package, the contract
+    (components/base.py) and `node.code_packages`."""
+    module = sys.modules[type(node.component).__module__]
+    dirs = {os.path.dirname(os.path.realpath(module.__file__))}
+    files = {os.path.realpath(base.__file__)}
+    for name in node.code_packages:
+        package = importlib.import_module(name)
+        dirs.add(os.path.dirname(os.path.realpath(package.__file__)))
+    for directory in dirs:
+        for dirpath, _, names in os.walk(directory):
+            files.update(
+                os.path.join(dirpath, n) for n in names if n.endswith(".py")
+            )
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def _check_order(nodes: Sequence[Node]) -> None:
+    seen: set[str] = set()
+    for node in nodes:
+        if node.id in seen:
+            raise ValueError(f"Duplicate node id {node.id!r}.")
+        for key, source in node.inputs.items():
+            if isinstance(source, OutputRef) and source.node_id not in seen:
+                raise ValueError(
+                    f"{node.id}.{key} reads {source.node_id}, which does not "
+                    "run before it."
+                )
+        seen.add(node.id)
+
+
+def _resolve_inputs(
+    node: Node, result: PipelineResult, store: store_lib.ArtifactStore
+) -> dict[str, base.Artifact]:
+    inputs = {}
+    for key, source in node.inputs.items():
+        if isinstance(source, OutputRef):
+            artifact = result.outputs[source.node_id].get(source.key)
+            if artifact is None:
+                raise ValueError(
+                    f"{node.id}.{key}: {source.node_id} has no output "
+                    f"{source.key!r}."
+                )
+        elif isinstance(source, base.Artifact):
+            artifact = source
+        else:
+            artifact = source(store)
+        if artifact is not None:
+            inputs[key] = artifact
+    return inputs
