@@ -6,6 +6,13 @@ config, and where each input comes from: another node's output
 store (e.g. the latest blessed model). Nodes run in the given order, which
 must be topological.
 
+Resolved inputs are pinned: when the node already ran to completion with
+the same config and other inputs, a resolver input resolves to what it
+resolved to then (the baseline a candidate model was first evaluated
+against, the model a retrain warm-started from), so re-running a pipeline
+with nothing new is a no-op instead of comparing a model with its own
+export.
+
 Caching (TFX's `enable_cache`): a node's cache key hashes the component, its
 config, its input artifacts (URI and properties) and the source code of the
 packages it runs. When a COMPLETE execution with the same key exists and
@@ -119,8 +126,8 @@ def run(
     _check_order(nodes)
     result = PipelineResult(run_id, {}, {})
     for index, node in enumerate(nodes, 1):
-        inputs = _resolve_inputs(node, result, store)
         config_json = base.config_to_json(node.config)
+        inputs = _resolve_inputs(node, result, store, config_json)
         key = cache_key(node, inputs, config_json)
         prefix = f"[{index}/{len(nodes)}] {node.id}"
         hit = store.find_complete(key) if enable_cache else None
@@ -227,9 +234,13 @@ def _check_order(nodes: Sequence[Node]) -> None:
 
 
 def _resolve_inputs(
-    node: Node, result: PipelineResult, store: store_lib.ArtifactStore
+    node: Node,
+    result: PipelineResult,
+    store: store_lib.ArtifactStore,
+    config: Any,
 ) -> dict[str, base.Artifact]:
-    inputs = {}
+    inputs: dict[str, base.Artifact] = {}
+    resolvers: dict[str, Resolver] = {}
     for key, source in node.inputs.items():
         if isinstance(source, OutputRef):
             artifact = result.outputs[source.node_id].get(source.key)
@@ -238,10 +249,45 @@ def _resolve_inputs(
                     f"{node.id}.{key}: {source.node_id} has no output "
                     f"{source.key!r}."
                 )
+            inputs[key] = artifact
         elif isinstance(source, base.Artifact):
-            artifact = source
+            inputs[key] = source
         else:
-            artifact = source(store)
+            resolvers[key] = source
+    if not resolvers:
+        return inputs
+    pinned = _pinned_execution(node.id, inputs, config, store)
+    for key, resolver in resolvers.items():
+        if pinned is not None:
+            data = pinned.inputs.get(key)
+            artifact = None if data is None else base.Artifact.from_json(data)
+        else:
+            artifact = resolver(store)
         if artifact is not None:
             inputs[key] = artifact
     return inputs
+
+
+def _pinned_execution(
+    component_id: str,
+    fixed: Mapping[str, base.Artifact],
+    config: Any,
+    store: store_lib.ArtifactStore,
+) -> store_lib.Execution | None:
+    """The newest finished execution of the node with the same config and
+    fixed inputs (by URI), whose resolver inputs a re-run reuses."""
+    want = {k: a.uri for k, a in fixed.items()}
+    for execution in reversed(store.executions()):
+        if execution.component_id != component_id or execution.state not in (
+            store_lib.COMPLETE,
+            store_lib.CACHED,
+        ):
+            continue
+        if execution.config != config:
+            continue
+        have = {
+            k: execution.inputs[k]["uri"] for k in want if k in execution.inputs
+        }
+        if have == want:
+            return execution
+    return None
