@@ -1,0 +1,222 @@
+"""The Exporter component: a trained Model to a validated serving model.
+
+Inputs: `model` (Model: spec, labels and serving weights, which are the EMA
+weights when the trainer kept an EMA), optional `blessing` (the Evaluator's
+ModelBlessing) and optional `examples` (Examples whose images make the
+warmup requests more representative; synthetic photo-like JPEGs otherwise).
+
+Outputs:
+  model (Model): a new Model artifact, not the input one rewritten, so the
+    trainer's artifact stays immutable (caching and lineage rely on that).
+    It holds TFX's `Format-Serving/` SavedModel (see `serving_model` for
+    the signature contract), plus copies of `model_spec.json`, `labels.txt`
+    and `weights/`, so it is also a complete Model artifact (the Evaluator
+    can use a pushed model as its baseline).
+  infra_blessing (ModelBlessing): `INFRA_BLESSED` or `INFRA_NOT_BLESSED`,
+    property `blessed` 1/0 and a `reason`, after infra-validation in a
+    fresh serving process (`infra_validation`).
+
+A model the Evaluator did not bless is not exported (with
+`require_blessing`, the default): the outputs say so and nothing is
+served.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+import tensorflow as tf
+import tf_keras
+from absl import logging
+
+from components import base, model_io
+from components.evaluator import blessing as blessing_lib
+from components.evaluator import examples_io
+from components.exporter import infra_validation, serving_model
+from components.pusher import model_store
+
+
+@dataclasses.dataclass(frozen=True)
+class ExporterConfig:
+    """The Exporter's execution properties.
+
+    Attributes:
+      model_name: the serving name used in warmup requests and validation.
+      top_k: classes in the top-k outputs (capped at the class count).
+      warmup_batch_sizes: one warmup request per signature and size.
+      warmup_split: the `examples` split to take warmup images from (the
+        first split when it has no such split).
+      require_blessing: refuse a model the Evaluator did not bless.
+      infra_validate: run infra-validation (else INFRA_NOT_BLESSED).
+      infra_timeout_seconds: for the server to start, load and warm up.
+      infra_atol: score tolerance against the in-memory model.
+    """
+
+    model_name: str = "coatnet"
+    top_k: int = 5
+    warmup_batch_sizes: tuple[int, ...] = (1, 8)
+    warmup_split: str = "validation"
+    require_blessing: bool = True
+    infra_validate: bool = True
+    infra_timeout_seconds: float = 300.0
+    infra_atol: float = infra_validation.DEFAULT_ATOL
+
+    def __post_init__(self):
+        if not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
+            raise ValueError("warmup_batch_sizes must be positive sizes.")
+        if self.top_k < 1:
+            raise ValueError("top_k must be at least 1.")
+
+
+class Exporter(base.Component):
+    """Exports, writes warmup requests, infra-validates."""
+
+    SPEC = base.ComponentSpec(
+        name="Exporter",
+        inputs={
+            "model": base.MODEL,
+            "blessing": base.MODEL_BLESSING,
+            "examples": base.EXAMPLES,
+        },
+        outputs={
+            "model": base.MODEL,
+            "infra_blessing": base.MODEL_BLESSING,
+        },
+        config_type=ExporterConfig,
+        optional_inputs=frozenset({"blessing", "examples"}),
+    )
+
+    def run(
+        self,
+        inputs: Mapping[str, base.Artifact],
+        outputs: Mapping[str, base.Artifact],
+        config: ExporterConfig,
+    ) -> None:
+        exported, infra = outputs["model"], outputs["infra_blessing"]
+        blessing = inputs.get("blessing")
+        if (
+            config.require_blessing
+            and blessing is not None
+            and not blessing_lib.is_blessed(blessing)
+        ):
+            exported.properties["exported"] = 0
+            infra_validation.write_infra_blessing(
+                infra, False, f"Not exported: {blessing.uri} is not blessed."
+            )
+            return
+        source = inputs["model"]
+        model, spec, labels = model_io.load_model(source.uri)
+        export_dir = export(
+            source.uri,
+            exported.uri,
+            model,
+            spec,
+            config,
+            inputs.get("examples"),
+        )
+        exported.properties.update(
+            {
+                "exported": 1,
+                "serving_dir": export_dir,
+                "signatures": ",".join(serving_model.SIGNATURES),
+                "source_model": source.uri,
+                "variant": spec.variant,
+                "image_size": spec.image_size,
+                "num_classes": spec.num_classes,
+                "multi_label": int(spec.multi_label),
+            }
+        )
+        if not config.infra_validate:
+            infra_validation.write_infra_blessing(
+                infra, False, "Infra-validation disabled."
+            )
+            return
+        result = infra_validation.validate(
+            export_dir,
+            model,
+            spec,
+            labels,
+            config.model_name,
+            config.top_k,
+            config.infra_atol,
+            config.infra_timeout_seconds,
+        )
+        infra_validation.write_infra_blessing(
+            infra, result.blessed, result.reason
+        )
+        infra.properties.update(
+            {
+                "num_requests": result.num_requests,
+                "max_abs_diff": result.max_abs_diff,
+                "model": exported.uri,
+            }
+        )
+
+
+def export(
+    source_uri: str,
+    output_uri: str,
+    model: tf_keras.Model,
+    spec: model_io.ModelSpec,
+    config: ExporterConfig,
+    examples: base.Artifact | None = None,
+) -> str:
+    """Writes the serving SavedModel and the Model files under `output_uri`.
+
+    Args:
+      source_uri: the trained Model artifact (for labels and weights).
+      output_uri: the exported Model artifact's root.
+      model: the loaded model.
+      spec: its spec.
+      config: the exporter config.
+      examples: optional Examples for warmup images.
+
+    Returns:
+      The SavedModel directory, `<output_uri>/Format-Serving`.
+    """
+    tf.io.gfile.makedirs(output_uri)
+    for name in (model_io.MODEL_SPEC_FILE, model_io.LABELS_FILE):
+        tf.io.gfile.copy(
+            os.path.join(source_uri, name),
+            os.path.join(output_uri, name),
+            overwrite=True,
+        )
+    weights = os.path.join(output_uri, model_io.WEIGHTS_DIR)
+    if tf.io.gfile.exists(weights):
+        tf.io.gfile.rmtree(weights)
+    model_store.copy_tree(
+        os.path.join(source_uri, model_io.WEIGHTS_DIR), weights, last=""
+    )
+    export_dir = os.path.join(output_uri, model_io.SERVING_DIR)
+    if tf.io.gfile.exists(export_dir):
+        tf.io.gfile.rmtree(export_dir)
+    module = serving_model.ServingModule(
+        model,
+        spec,
+        os.path.join(output_uri, model_io.LABELS_FILE),
+        config.top_k,
+    )
+    serving_model.save(module, export_dir)
+    count = max(config.warmup_batch_sizes)
+    images = []
+    if examples is not None:
+        splits = examples_io.split_names(examples)
+        split = config.warmup_split if config.warmup_split in splits else ""
+        split = split or (splits[0] if splits else config.warmup_split)
+        files = examples_io.split_files(examples, split)
+        images = examples_io.encoded_images(files, count)
+    if not images:
+        images = serving_model.synthetic_images(spec.image_size, count)
+    logs = serving_model.warmup_logs(
+        config.model_name, images, spec.image_size, config.warmup_batch_sizes
+    )
+    serving_model.write_warmup(export_dir, logs)
+    logging.info(
+        "Exported %s to %s with %d warmup requests.",
+        source_uri,
+        export_dir,
+        len(logs),
+    )
+    return export_dir

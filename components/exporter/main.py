@@ -1,0 +1,92 @@
+r"""Exporter CLI: a trained Model to a validated serving SavedModel.
+
+  bazel run //components:exporter -- \
+    --model=RUN/Trainer/model/1 --blessing=RUN/Evaluator/1/blessing \
+    [--examples=RUN/ExampleGen/examples/1] --model_name=coatnet \
+    --output_dir=RUN/Exporter/1
+
+Writes `<output_dir>/model` (a Model artifact with `Format-Serving/`) and
+`<output_dir>/infra_blessing` (INFRA_BLESSED or INFRA_NOT_BLESSED).
+`--config_file` takes `ExporterConfig` fields as JSON; flags override it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app, flags
+
+from components import base, cli
+from components.exporter import component as exporter
+
+_MODEL = flags.DEFINE_string("model", "", "Trained Model artifact URI.")
+_BLESSING = flags.DEFINE_string(
+    "blessing", "", "The Evaluator's blessing (optional)."
+)
+_EXAMPLES = flags.DEFINE_string(
+    "examples", "", "Examples for representative warmup images (optional)."
+)
+_NAME = flags.DEFINE_string("model_name", None, "Serving model name.")
+_TOP_K = flags.DEFINE_integer("top_k", None, "Classes in top-k outputs.")
+_BATCHES = flags.DEFINE_list(
+    "warmup_batch_sizes", None, "Warmup batch sizes, e.g. 1,8."
+)
+_VALIDATE = flags.DEFINE_bool(
+    "infra_validate", None, "Validate in a fresh serving process."
+)
+_CONFIG = flags.DEFINE_string("config_file", "", "ExporterConfig JSON.")
+_OUTPUT = flags.DEFINE_string(
+    "output_dir",
+    "",
+    "Where to write model/ and infra_blessing/ (default: "
+    "$COATNET_HOME/Exporter/<time>).",
+)
+
+
+def build_config() -> tuple[exporter.ExporterConfig, dict]:
+    """The config from --config_file and flags, and the input artifacts."""
+    values = dict(cli.load_config_overrides(_CONFIG.value))
+    if _NAME.value is not None:
+        values["model_name"] = _NAME.value
+    if _TOP_K.value is not None:
+        values["top_k"] = _TOP_K.value
+    if _BATCHES.value is not None:
+        values["warmup_batch_sizes"] = [int(b) for b in _BATCHES.value]
+    if _VALIDATE.value is not None:
+        values["infra_validate"] = _VALIDATE.value
+    inputs = {
+        "model": cli.read_input_artifact(_MODEL.value, base.MODEL, "model")
+    }
+    if _BLESSING.value:
+        inputs["blessing"] = cli.read_input_artifact(
+            _BLESSING.value, base.MODEL_BLESSING, "blessing"
+        )
+    if _EXAMPLES.value:
+        inputs["examples"] = cli.read_input_artifact(
+            _EXAMPLES.value, base.EXAMPLES, "examples"
+        )
+    return base.config_from_json(exporter.ExporterConfig, values), inputs
+
+
+def main(argv):
+    del argv  # Unused.
+    config, inputs = build_config()
+    output_dir = cli.resolve_user_path(_OUTPUT.value) or os.path.join(
+        cli.default_home(), "Exporter", time.strftime("%Y%m%d-%H%M%S")
+    )
+    cli.check_output_location(output_dir, "output_dir")
+    outputs = base.execute(
+        exporter.Exporter(),
+        inputs,
+        {
+            "model": os.path.join(output_dir, "model"),
+            "infra_blessing": os.path.join(output_dir, "infra_blessing"),
+        },
+        config,
+    )
+    cli.print_outputs(outputs)
+
+
+if __name__ == "__main__":
+    app.run(main)

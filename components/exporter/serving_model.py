@@ -1,0 +1,331 @@
+"""The serving SavedModel: signatures, label asset and warmup requests.
+
+Signature contract (N = batch, K = min(top_k, classes), C = classes):
+
+  serving_default  (Predict)
+    in   image_bytes   string  [N]           encoded JPEG/PNG/GIF/BMP
+  image_tensor     (Predict)
+    in   images        uint8   [N, H, W, 3]  RGB, any H and W
+  both return
+    probabilities  float32 [N, C]  softmax, or sigmoid when multi-label
+    top_k_ids      int32   [N, K]  best first
+    top_k_labels   string  [N, K]  class names of top_k_ids
+    top_k_scores   float32 [N, K]  probabilities of top_k_ids
+  classify         (Classify; method tensorflow/serving/classify)
+    in   inputs        string  [N]           serialized tf.Example with
+                                             `image/encoded`
+    out  classes       string  [N, K]        class names, best first
+         scores        float32 [N, K]
+
+Every signature preprocesses with `components.preprocessing` (decode,
+center crop, resize, normalize), the function the Evaluator used. The class
+names are the asset `assets/labels.txt`, read into a lookup table at load.
+Only the model's variables are saved, not the Keras object, so loading
+needs neither Keras nor coatnet_tf.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+)
+
+from components import model_io, preprocessing
+
+PREDICT_SIGNATURE = "serving_default"
+IMAGE_TENSOR_SIGNATURE = "image_tensor"
+CLASSIFY_SIGNATURE = "classify"
+SIGNATURES = (PREDICT_SIGNATURE, IMAGE_TENSOR_SIGNATURE, CLASSIFY_SIGNATURE)
+IMAGE_BYTES_KEY = "image_bytes"
+IMAGES_KEY = "images"
+CLASSIFY_INPUT_KEY = "inputs"
+PREDICT_OUTPUTS = ("probabilities", "top_k_ids", "top_k_labels", "top_k_scores")
+CLASSIFY_OUTPUTS = ("classes", "scores")
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# TF Serving refuses warmup files with more records than this.
+MAX_WARMUP_RECORDS = 1000
+
+
+class _Untracked:
+    """Hides an object from tf.Module's automatic dependency tracking."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class ServingModule(tf.Module):
+    """The exported graph: preprocessing, the model and the label lookup."""
+
+    def __init__(
+        self,
+        model: tf_keras.Model,
+        spec: model_io.ModelSpec,
+        labels_path: str,
+        top_k: int = 5,
+    ):
+        """Wraps a built model.
+
+        Args:
+          model: the model with its serving weights loaded.
+          spec: its spec (resolution, classes, multi-label).
+          labels_path: the labels file to ship as an asset.
+          top_k: how many classes the top-k outputs hold.
+        """
+        super().__init__()
+        # The Keras model is held untracked and only its variables are
+        # tracked: the SavedModel then holds the weights and these
+        # signatures, without Keras' per-layer tracing or metadata.
+        self._holder = _Untracked(model)
+        self.model_variables = list(model.variables)
+        self.image_size = spec.image_size
+        self.multi_label = spec.multi_label
+        self.top_k = max(1, min(top_k, spec.num_classes))
+        self.vocabulary = tf.saved_model.Asset(labels_path)
+        self.label_table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                self.vocabulary,
+                tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
+                tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE,
+            ),
+            default_value="",
+        )
+
+    def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        model = self._holder.value
+        logits = tf.cast(model(images, training=False), tf.float32)
+        if self.multi_label:
+            probabilities = tf.math.sigmoid(logits)
+        else:
+            probabilities = tf.nn.softmax(logits, axis=-1)
+        scores, ids = tf.math.top_k(probabilities, k=self.top_k)
+        return {
+            "probabilities": probabilities,
+            "top_k_ids": ids,
+            "top_k_labels": self.label_table.lookup(tf.cast(ids, tf.int64)),
+            "top_k_scores": scores,
+        }
+
+    def _from_bytes(self, image_bytes: tf.Tensor) -> tf.Tensor:
+        size = self.image_size
+        return tf.map_fn(
+            lambda b: preprocessing.preprocess_for_eval(b, size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve_image_bytes(self, image_bytes):
+        return self._outputs(self._from_bytes(image_bytes))
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)]
+    )
+    def serve_images(self, images):
+        size = self.image_size
+        preprocessed = tf.map_fn(
+            lambda image: preprocessing.preprocess_image_for_eval(image, size),
+            images,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        return self._outputs(preprocessed)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def classify(self, inputs):
+        parsed = tf.io.parse_example(
+            inputs,
+            {"image/encoded": tf.io.FixedLenFeature([], tf.string)},
+        )
+        out = self._outputs(self._from_bytes(parsed["image/encoded"]))
+        return {"classes": out["top_k_labels"], "scores": out["top_k_scores"]}
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """The signature map, keyed so the input names are the contract's."""
+        return {
+            PREDICT_SIGNATURE: self.serve_image_bytes.get_concrete_function(),
+            IMAGE_TENSOR_SIGNATURE: self.serve_images.get_concrete_function(),
+            CLASSIFY_SIGNATURE: self.classify.get_concrete_function(),
+        }
+
+
+def save(module: ServingModule, export_dir: str) -> None:
+    """Saves the SavedModel and marks `classify` as a Classify signature.
+
+    `tf.saved_model.save` writes every signature with the Predict method
+    name; TF Serving started with --enable_signature_method_name_check then
+    refuses Classify requests, so the method name is rewritten here.
+    """
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())
+    path = os.path.join(export_dir, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        if CLASSIFY_SIGNATURE in meta_graph.signature_def:
+            meta_graph.signature_def[
+                CLASSIFY_SIGNATURE
+            ].method_name = CLASSIFY_METHOD
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    _refresh_fingerprint(export_dir)
+
+
+def _refresh_fingerprint(export_dir: str) -> None:
+    """Rewrites fingerprint.pb so its hashes cover the edited graph.
+
+    The fingerprint (what the Pusher compares to skip re-pushing the same
+    model) hashes the signatures; after the method-name edit it must be
+    recomputed. TF's own writer is only exposed through its pywrap module.
+    """
+    from tensorflow.python.saved_model.pywrap_saved_model import (
+        fingerprinting,
+    )
+
+    with tf.io.gfile.GFile(
+        os.path.join(export_dir, "fingerprint.pb"), "wb"
+    ) as f:
+        f.write(fingerprinting.CreateFingerprintDef(export_dir))
+
+
+def synthetic_images(image_size: int, count: int, seed: int = 0) -> list[bytes]:
+    """Photo-like JPEGs (smooth colour fields plus noise) of varied shapes.
+
+    Used for warmup requests when no example images are given; sizes range
+    around the model's resolution, landscape and portrait, because serving
+    traffic is not pre-cropped.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = [
+        (image_size + 32, image_size + 32),
+        (image_size + 32, 2 * image_size),
+        (2 * image_size, image_size + 16),
+    ]
+    out = []
+    for i in range(count):
+        h, w = shapes[i % len(shapes)]
+        y, x = np.mgrid[0:h, 0:w] / max(h, w)
+        base = rng.uniform(0, 255, size=3)
+        slope = rng.uniform(-200, 200, size=(2, 3))
+        image = base + y[..., None] * slope[0] + x[..., None] * slope[1]
+        image += rng.normal(0, 12, size=image.shape)
+        image = np.clip(image, 0, 255).astype(np.uint8)
+        out.append(tf.io.encode_jpeg(image, quality=90).numpy())
+    return out
+
+
+def uint8_batch(encoded: Sequence[bytes], image_size: int) -> np.ndarray:
+    """Decodes images and resizes them to one shape for `image_tensor`."""
+    side = image_size + preprocessing.CROP_PADDING
+    images = [
+        tf.image.resize(preprocessing.decode_image(b), [side, side])
+        for b in encoded
+    ]
+    return np.clip(np.round(np.stack(images)), 0, 255).astype(np.uint8)
+
+
+def example_bytes(encoded: Sequence[bytes]) -> list[bytes]:
+    """Serialized tf.Examples holding `image/encoded`, for Classify."""
+    return [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "image/encoded": tf.train.Feature(
+                        bytes_list=tf.train.BytesList(value=[b])
+                    )
+                }
+            )
+        ).SerializeToString()
+        for b in encoded
+    ]
+
+
+def warmup_logs(
+    model_name: str,
+    images: Sequence[bytes],
+    image_size: int,
+    batch_sizes: Sequence[int],
+) -> list[prediction_log_pb2.PredictionLog]:
+    """Warmup PredictionLogs: every signature at every batch size.
+
+    Args:
+      model_name: put in each request's model spec.
+      images: encoded images; batches cycle through them.
+      image_size: the model's resolution.
+      batch_sizes: e.g. (1, 8): one record per signature and size.
+
+    Returns:
+      The records (3 per batch size).
+    """
+    logs = []
+    for size in batch_sizes:
+        batch = [images[i % len(images)] for i in range(size)]
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = PREDICT_SIGNATURE
+        request.inputs[IMAGE_BYTES_KEY].CopyFrom(
+            tf.make_tensor_proto(batch, dtype=tf.string)
+        )
+        logs.append(_predict_log(request))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = IMAGE_TENSOR_SIGNATURE
+        request.inputs[IMAGES_KEY].CopyFrom(
+            tf.make_tensor_proto(uint8_batch(batch, image_size))
+        )
+        logs.append(_predict_log(request))
+        classify = classification_pb2.ClassificationRequest()
+        classify.model_spec.name = model_name
+        classify.model_spec.signature_name = CLASSIFY_SIGNATURE
+        for serialized in example_bytes(batch):
+            classify.input.example_list.examples.add().ParseFromString(
+                serialized
+            )
+        logs.append(
+            prediction_log_pb2.PredictionLog(
+                classify_log=prediction_log_pb2.ClassifyLog(request=classify)
+            )
+        )
+    if len(logs) > MAX_WARMUP_RECORDS:
+        raise ValueError(
+            f"{len(logs)} warmup records; TF Serving takes at most "
+            f"{MAX_WARMUP_RECORDS}."
+        )
+    return logs
+
+
+def write_warmup(export_dir: str, logs: Sequence) -> str:
+    """Writes `assets.extra/tf_serving_warmup_requests` (TFRecord)."""
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup(export_dir: str) -> list[prediction_log_pb2.PredictionLog]:
+    """Reads the warmup records of a SavedModel (empty when none)."""
+    path = os.path.join(export_dir, WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    return [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(path)
+    ]
+
+
+def _predict_log(request) -> prediction_log_pb2.PredictionLog:
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )

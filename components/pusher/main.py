@@ -1,0 +1,86 @@
+r"""Pusher CLI: publishes a blessed, exported model to a TF Serving store.
+
+  bazel run //components:pusher -- \
+    --model=RUN/Exporter/1/model --blessing=RUN/Evaluator/1/blessing \
+    --infra_blessing=RUN/Exporter/1/infra_blessing \
+    --serving_base=/srv/models --model_name=coatnet --keep_versions=3 \
+    --output_dir=RUN/Pusher/1
+
+Writes `<serving_base>/<model_name>/<version>/` when blessed, and the
+PushedModel artifact `<output_dir>/pushed_model` either way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app, flags
+
+from components import base, cli
+from components.pusher import component as pusher
+
+_MODEL = flags.DEFINE_string("model", "", "The Exporter's Model artifact.")
+_BLESSING = flags.DEFINE_string("blessing", "", "The Evaluator's blessing.")
+_INFRA = flags.DEFINE_string(
+    "infra_blessing", "", "The Exporter's infra blessing (optional)."
+)
+_BASE = flags.DEFINE_string("serving_base", None, "Model store root.")
+_NAME = flags.DEFINE_string("model_name", None, "Served model name.")
+_KEEP = flags.DEFINE_integer("keep_versions", None, "Versions kept; 0: all.")
+_VERSIONING = flags.DEFINE_enum(
+    "versioning", None, list(pusher.VERSIONING), "Version numbering."
+)
+_CONFIG = flags.DEFINE_string("config_file", "", "PusherConfig JSON.")
+_OUTPUT = flags.DEFINE_string(
+    "output_dir",
+    "",
+    "Where to write pushed_model/ (default: $COATNET_HOME/Pusher/<time>).",
+)
+
+
+def build_config() -> tuple[pusher.PusherConfig, dict]:
+    """The config from --config_file and flags, and the input artifacts."""
+    values = dict(cli.load_config_overrides(_CONFIG.value))
+    if _BASE.value is not None:
+        values["serving_base"] = cli.resolve_user_path(_BASE.value)
+    for name, flag in (
+        ("model_name", _NAME),
+        ("keep_versions", _KEEP),
+        ("versioning", _VERSIONING),
+    ):
+        if flag.value is not None:
+            values[name] = flag.value
+    inputs = {
+        "model": cli.read_input_artifact(_MODEL.value, base.MODEL, "model"),
+        "blessing": cli.read_input_artifact(
+            _BLESSING.value, base.MODEL_BLESSING, "blessing"
+        ),
+    }
+    if _INFRA.value:
+        inputs["infra_blessing"] = cli.read_input_artifact(
+            _INFRA.value, base.MODEL_BLESSING, "infra_blessing"
+        )
+    return base.config_from_json(pusher.PusherConfig, values), inputs
+
+
+def main(argv):
+    del argv  # Unused.
+    config, inputs = build_config()
+    if not config.serving_base:
+        raise app.UsageError("--serving_base is required.")
+    output_dir = cli.resolve_user_path(_OUTPUT.value) or os.path.join(
+        cli.default_home(), "Pusher", time.strftime("%Y%m%d-%H%M%S")
+    )
+    cli.check_output_location(output_dir, "output_dir")
+    outputs = base.execute(
+        pusher.Pusher(),
+        inputs,
+        {"pushed_model": os.path.join(output_dir, "pushed_model")},
+        config,
+    )
+    cli.print_outputs(outputs)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Tests of the Evaluator, Exporter, Pusher and the serving client."""
