@@ -1,0 +1,485 @@
+"""The Beam graph: discover -> reshuffle -> convert -> shard -> write.
+
+    units -> Discover -+-> entries -> Reshuffle -> Convert -+-> records
+                       |                                    +-> rejects
+                       +-> unit summaries
+    records + every (split, shard) key -> GroupByKey -> WriteShard
+                                             -> summaries, duplicates
+    rejects + duplicates -> GroupByKey -> WriteRejects -> summary
+    all summaries -> GroupByKey -> WriteStats (stats.json)
+
+- The discovery step fans a few thousand units (class folders, tars,
+  manifest ranges, TFDS slices) out to one entry per image; `Reshuffle`
+  then breaks fusion so the costly conversion spreads over all workers.
+- Each record goes to shard `hash(seed, split, sha256(bytes)) % n` and is
+  ordered in its shard by `hash(seed, source id, sha256)`: shuffled, with
+  a fixed shard count, and the same bytes in the same place on every run
+  and runner. Byte-identical images meet in one shard, where all but the
+  one with the smallest source id are rejected as duplicates. Beam's
+  `WriteToTFRecord` would place records by bundle, so shards are written
+  here (temp file, then rename: a retried bundle rewrites the same file).
+- Dead letters are plain elements routed by kind through `Filter`s rather
+  than `TaggedOutput`s, because Beam's DaskRunner merges the tagged
+  outputs of a DoFn into its main output. For the same reason the graph
+  ends in a single transform (`WriteStats`): the DaskRunner computes only
+  the last transform's lineage.
+- `WriteStats` writes the totals (discovered, written per split and
+  class, rejects by reason, the input fingerprint) to `stats.json`; the
+  component asserts written + rejected == discovered from it. Beam
+  counters carry the same numbers for runners with metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import tensorflow as tf
+
+from components.example_gen import config as config_lib
+from components.example_gen import images, records, sources
+
+SUMMARY = "summary"
+RECORD = "record"
+CLASS_COUNT = "class_count"
+_NAMESPACE = "example_gen"
+_MASK64 = (1 << 64) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where the artifact's files go (TFX Examples layout).
+
+    Attributes:
+      uri: the artifact root.
+      num_shards: (split, shard count) pairs.
+      compression: `GZIP` or `NONE`.
+    """
+
+    uri: str
+    num_shards: tuple[tuple[str, int], ...]
+    compression: str
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s, _ in self.num_shards)
+
+    def split_dir(self, split: str) -> str:
+        return posixpath.join(self.uri, f"Split-{split}")
+
+    def shard_path(self, split: str, shard: int) -> str:
+        n = dict(self.num_shards)[split]
+        suffix = ".gz" if self.compression == config_lib.GZIP else ""
+        return posixpath.join(
+            self.split_dir(split),
+            f"data_tfrecord-{shard:05d}-of-{n:05d}{suffix}",
+        )
+
+    @property
+    def rejects_path(self) -> str:
+        return posixpath.join(
+            self.uri, "rejects", "rejects-00000-of-00001.jsonl"
+        )
+
+    @property
+    def work_dir(self) -> str:
+        return posixpath.join(self.uri, "_work")
+
+    @property
+    def stats_path(self) -> str:
+        return posixpath.join(self.work_dir, "stats.json")
+
+
+def _write_atomically(path: str, write) -> int:
+    """Writes via a unique temp file renamed over `path`; returns bytes."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tf.io.gfile.makedirs(posixpath.dirname(path))
+    write(tmp)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return tf.io.gfile.stat(path).length
+
+
+def _fingerprint_part(entry_digest: str, fallback: str) -> int:
+    if entry_digest:
+        return int(entry_digest[:16], 16)
+    return records.stable_hash(fallback)
+
+
+def _counter(name: str):
+    return beam.metrics.Metrics.counter(_NAMESPACE, name)
+
+
+class DiscoverFn(beam.DoFn):
+    """Unit -> its entries, then one summary with the number discovered."""
+
+    def __init__(self, source: sources.Source):
+        self._source = source
+        self._discovered = _counter("discovered")
+
+    def process(self, unit: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+        count = 0
+        for entry in self._source.read(unit):
+            count += 1
+            yield entry
+        self._discovered.inc(count)
+        yield SUMMARY, {"type": "unit", "id": unit["id"], "discovered": count}
+
+
+class ConvertFn(beam.DoFn):
+    """Entry -> (RECORD, ((split, shard), record)) or (REJECT, reject)."""
+
+    def __init__(self, options: images.ImageOptions, layout: Layout, seed: int):
+        self._options = options
+        self._num_shards = dict(layout.num_shards)
+        self._seed = seed
+        self._converted = _counter("converted")
+
+    def _read(self, item: dict[str, Any]) -> bytes | dict[str, Any]:
+        """The item's bytes, or a reject when the file is not there."""
+        if item["data"] is not None:
+            return item["data"]
+        split, where = item["split"], item["source"]
+        try:
+            return sources.read_limited(
+                item["path"], self._options.max_file_bytes
+            )
+        except tf.errors.NotFoundError as e:
+            return records.make_reject(
+                split, where, records.MISSING_FILE, e.message
+            )
+        except (tf.errors.FailedPreconditionError, IsADirectoryError) as e:
+            return records.make_reject(split, where, records.NOT_A_FILE, str(e))
+        # Other errors (unavailable, deadline, ...) propagate: the runner
+        # retries the bundle rather than dropping images on a hiccup.
+
+    def process(self, entry: tuple[str, dict[str, Any]]):
+        kind, item = entry
+        if kind == records.REJECT:
+            yield entry
+            return
+        data = self._read(item)
+        if isinstance(data, dict):
+            yield records.REJECT, data
+            return
+        split, data_digest = item["split"], records.digest(data)
+        try:
+            image = images.convert(data, self._options)
+        except images.ImageRejected as e:
+            yield (
+                records.REJECT,
+                records.make_reject(
+                    split, item["source"], e.reason, e.message, data_digest
+                ),
+            )
+            return
+        example = records.make_example(
+            image.jpeg,
+            image.height,
+            image.width,
+            item["labels"],
+            item["scores"],
+            item["source_id"],
+        )
+        self._converted.inc()
+        shard = records.stable_hash(self._seed, split, data_digest)
+        order = records.stable_hash(self._seed, item["source_id"], data_digest)
+        record = (
+            order,
+            data_digest,
+            item["source_id"],
+            item["source"],
+            example,
+            item["labels"],
+            image.conversions,
+        )
+        yield RECORD, ((split, shard % self._num_shards[split]), record)
+
+
+class WriteShardFn(beam.DoFn):
+    """(split, shard) and its records -> the shard file; summaries out."""
+
+    def __init__(self, layout: Layout, dedup: bool):
+        self._layout = layout
+        self._dedup = dedup
+        self._written = _counter("written")
+
+    def process(self, keyed: tuple[tuple[str, int], Iterable[Any]]):
+        (split, shard), values = keyed
+        # The order hash, then the ids and bytes to break its (unlikely)
+        # ties: the same records always come out in the same order.
+        batch = sorted(
+            (v for v in values if v is not None),
+            key=lambda r: (r[0], r[2], r[3], r[4]),
+        )
+        kept, duplicates = batch, []
+        if self._dedup:
+            kept, duplicates = _dedupe(batch)
+        for dup, winner in duplicates:
+            yield (
+                records.REJECT,
+                records.make_reject(
+                    split,
+                    dup[3],
+                    records.DUPLICATE,
+                    f"same bytes as {winner[3]}",
+                    dup[1],
+                ),
+            )
+        options = tf.io.TFRecordOptions(
+            compression_type="GZIP"
+            if self._layout.compression == config_lib.GZIP
+            else ""
+        )
+
+        def write(path):
+            with tf.io.TFRecordWriter(path, options) as writer:
+                for record in kept:
+                    writer.write(record[4])
+
+        size = _write_atomically(self._layout.shard_path(split, shard), write)
+        self._written.inc(len(kept))
+        class_counts = collections.Counter()
+        conversions = collections.Counter()
+        total, xor = 0, 0
+        for record in kept:
+            class_counts.update(record[5])
+            conversions.update(record[6])
+            part = _fingerprint_part(record[1], record[2])
+            total, xor = (total + part) & _MASK64, xor ^ part
+        for label, count in sorted(class_counts.items()):
+            yield CLASS_COUNT, ((split, label), count)
+        yield (
+            SUMMARY,
+            {
+                "type": "shard",
+                "split": split,
+                "shard": shard,
+                "count": len(kept),
+                "bytes": size,
+                "conversions": dict(conversions),
+                "fingerprint": [len(kept), total, xor],
+            },
+        )
+
+
+def _dedupe(batch: list[Any]) -> tuple[list[Any], list[tuple[Any, Any]]]:
+    """Keeps one record per digest (smallest source id); lists the rest."""
+    winners: dict[str, Any] = {}
+    for record in batch:
+        best = winners.get(record[1])
+        if best is None or (record[2], record[3]) < (best[2], best[3]):
+            winners[record[1]] = record
+    kept, duplicates = [], []
+    for record in batch:
+        winner = winners[record[1]]
+        if record is winner:
+            kept.append(record)
+        else:
+            duplicates.append((record, winner))
+    return kept, duplicates
+
+
+class WriteRejectsFn(beam.DoFn):
+    """All rejects -> `rejects/rejects-00000-of-00001.jsonl`; a summary."""
+
+    def __init__(self, layout: Layout):
+        self._layout = layout
+        self._rejected = _counter("rejected")
+
+    def process(self, keyed: tuple[int, Iterable[Any]]):
+        _, values = keyed
+        rejects = sorted(
+            (v for v in values if v is not None),
+            key=lambda r: (r["split"], r["source"], r["reason"], r["error"]),
+        )
+        by_reason = collections.Counter(r["reason"] for r in rejects)
+        for reason, count in by_reason.items():
+            _counter(f"rejected_{reason}").inc(count)
+        self._rejected.inc(len(rejects))
+
+        def write(path):
+            with tf.io.gfile.GFile(path, "w") as f:
+                f.write("")  # GFile creates the file on the first write.
+                for r in rejects:
+                    f.write(json.dumps(r, sort_keys=True) + "\n")
+
+        _write_atomically(self._layout.rejects_path, write)
+        total, xor = 0, 0
+        for r in rejects:
+            part = _fingerprint_part(r["digest"], r["source"] + r["reason"])
+            total, xor = (total + part) & _MASK64, xor ^ part
+        by_split = collections.defaultdict(collections.Counter)
+        for r in rejects:
+            by_split[r["split"]][r["reason"]] += 1
+        yield {
+            "type": "rejects",
+            "count": len(rejects),
+            "by_reason": dict(sorted(by_reason.items())),
+            "by_split": {
+                s: dict(sorted(c.items())) for s, c in by_split.items()
+            },
+            "fingerprint": [len(rejects), total, xor],
+        }
+
+
+class WriteStatsFn(beam.DoFn):
+    """Every summary -> one `stats.json` with the run's totals."""
+
+    def __init__(self, layout: Layout, num_classes: int):
+        self._layout = layout
+        self._num_classes = num_classes
+
+    def process(self, keyed: tuple[int, Iterable[dict[str, Any]]]):
+        _, summaries = keyed
+        splits = {
+            split: {
+                "num_examples": 0,
+                "bytes": 0,
+                "num_shards": n,
+                "shards_written": 0,
+                "empty_shards": 0,
+                "class_counts": [0] * self._num_classes,
+            }
+            for split, n in self._layout.num_shards
+        }
+        conversions = collections.Counter()
+        fingerprint = [0, 0, 0]
+        stats = {"discovered": 0, "units": 0, "rejects": None}
+        for s in summaries:
+            kind = s["type"]
+            if kind == "unit":
+                stats["units"] += 1
+                stats["discovered"] += s["discovered"]
+            elif kind == "shard":
+                split = splits[s["split"]]
+                split["num_examples"] += s["count"]
+                split["bytes"] += s["bytes"]
+                split["shards_written"] += 1
+                split["empty_shards"] += s["count"] == 0
+                conversions.update(s["conversions"])
+            elif kind == CLASS_COUNT:
+                splits[s["split"]]["class_counts"][s["label"]] += s["count"]
+            elif kind == "rejects":
+                stats["rejects"] = {k: v for k, v in s.items() if k != "type"}
+            if "fingerprint" in s:
+                n, total, xor = s["fingerprint"]
+                fingerprint = [
+                    fingerprint[0] + n,
+                    (fingerprint[1] + total) & _MASK64,
+                    fingerprint[2] ^ xor,
+                ]
+        stats["splits"] = splits
+        stats["written"] = sum(s["num_examples"] for s in splits.values())
+        stats["rejected"] = stats["rejects"]["count"]
+        stats["conversions"] = dict(sorted(conversions.items()))
+        stats["fingerprint"] = "{}-{:016x}-{:016x}".format(*fingerprint)
+
+        def write(path):
+            with tf.io.gfile.GFile(path, "w") as f:
+                f.write(json.dumps(stats, sort_keys=True))
+
+        _write_atomically(self._layout.stats_path, write)
+        return iter(())  # The end of the graph: nothing flows on.
+
+
+def _kind(entry: tuple[str, Any], kind: str) -> bool:
+    return entry[0] == kind
+
+
+def _is_entry(entry: tuple[str, Any]) -> bool:
+    return entry[0] in (records.ITEM, records.REJECT)
+
+
+def _payload(entry: tuple[str, Any]) -> Any:
+    return entry[1]
+
+
+def _select(pcoll, label: str, kind: str):
+    """The payloads of the elements of one kind."""
+    return (
+        pcoll
+        | f"{label}Is{kind.title()}" >> beam.Filter(_kind, kind)
+        | f"{label}{kind.title()}" >> beam.Map(_payload)
+    )
+
+
+def _class_count_summary(kv: tuple[tuple[str, int], int]) -> dict[str, Any]:
+    (split, label), count = kv
+    return {"type": CLASS_COUNT, "split": split, "label": label, "count": count}
+
+
+def _key(value: Any, key: int = 0) -> tuple[int, Any]:
+    return key, value
+
+
+def build(
+    pipeline: beam.Pipeline,
+    source: sources.Source,
+    plan: sources.Plan,
+    layout: Layout,
+    options: images.ImageOptions,
+    seed: int,
+    dedup: bool,
+) -> None:
+    """Adds the ExampleGen graph to `pipeline` (see the module docstring).
+
+    Args:
+      pipeline: an empty pipeline.
+      source: the source, planned (its `plan()` has run).
+      plan: the source's plan.
+      layout: where to write.
+      options: image checks and conversion.
+      seed: shard placement and order.
+      dedup: reject byte-identical images within a split.
+    """
+    units = pipeline | "Units" >> beam.Create(plan.units)
+    discovered = units | "Discover" >> beam.ParDo(DiscoverFn(source))
+    unit_summaries = _select(discovered, "Unit", SUMMARY)
+    entries = discovered | "IsEntry" >> beam.Filter(_is_entry)
+    outcomes = (
+        entries
+        | "Balance" >> beam.Reshuffle()
+        | "Convert" >> beam.ParDo(ConvertFn(options, layout, seed))
+    )
+    keyed_records = _select(outcomes, "Converted", RECORD)
+    convert_rejects = _select(outcomes, "Converted", records.REJECT)
+    shard_keys = pipeline | "ShardKeys" >> beam.Create(
+        [((split, i), None) for split, n in layout.num_shards for i in range(n)]
+    )
+    shards = (
+        (keyed_records, shard_keys)
+        | "WithEveryShard" >> beam.Flatten()
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShardFn(layout, dedup))
+    )
+    shard_summaries = _select(shards, "Shard", SUMMARY)
+    duplicates = _select(shards, "Shard", records.REJECT)
+    class_counts = (
+        _select(shards, "Shard", CLASS_COUNT)
+        | "SumClassCounts" >> beam.CombinePerKey(sum)
+        | "ClassCountSummary" >> beam.Map(_class_count_summary)
+    )
+    rejects_summary = (
+        (
+            (convert_rejects, duplicates)
+            | "AllRejects" >> beam.Flatten()
+            | "KeyRejects" >> beam.Map(_key),
+            pipeline | "RejectsKey" >> beam.Create([(0, None)]),
+        )
+        | "WithRejectsKey" >> beam.Flatten()
+        | "GroupRejects" >> beam.GroupByKey()
+        | "WriteRejects" >> beam.ParDo(WriteRejectsFn(layout))
+    )
+    _ = (
+        (unit_summaries, shard_summaries, class_counts, rejects_summary)
+        | "AllSummaries" >> beam.Flatten()
+        | "KeySummaries" >> beam.Map(_key)
+        | "GroupSummaries" >> beam.GroupByKey()
+        | "WriteStats" >> beam.ParDo(WriteStatsFn(layout, len(plan.classes)))
+    )
