@@ -128,6 +128,7 @@ def run(
     for index, node in enumerate(nodes, 1):
         config_json = base.config_to_json(node.config)
         inputs = _resolve_inputs(node, result, store, config_json)
+        parts = cache_parts(node, inputs, config_json)
         key = cache_key(node, inputs, config_json)
         prefix = f"[{index}/{len(nodes)}] {node.id}"
         hit = store.find_complete(key) if enable_cache else None
@@ -139,6 +140,7 @@ def run(
                 cache_key=key,
                 inputs=inputs,
                 config=config_json,
+                cache_parts=parts,
             )
             outputs = hit.output_artifacts()
             store.finish(
@@ -146,6 +148,7 @@ def run(
             )
             progress(f"{prefix}: cached (execution {hit.id})")
         else:
+            why = explain_miss(store, node.id, parts) if enable_cache else ""
             unfinished = store.find_unfinished(key)
             reuse = unfinished.id if unfinished is not None else None
             execution = store.start(
@@ -156,9 +159,11 @@ def run(
                 inputs=inputs,
                 config=config_json,
                 reuse_id=reuse,
+                cache_parts=parts,
             )
             verb = "resuming" if reuse is not None else "running"
-            progress(f"{prefix}: {verb} (execution {execution.id})")
+            note = f"; {why}" if why else ""
+            progress(f"{prefix}: {verb} (execution {execution.id}{note})")
             uris = {
                 k: store.output_uri(node.id, k, execution.id)
                 for k in node.component.SPEC.outputs
@@ -179,22 +184,47 @@ def run(
     return result
 
 
+def cache_parts(
+    node: Node, inputs: Mapping[str, base.Artifact], config: Any
+) -> dict[str, str]:
+    """The hashed parts of a cache key: config, inputs and code."""
+
+    def digest(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    return {
+        "component": f"{node.component.SPEC.name}:{node.id}",
+        "config": digest(config),
+        "inputs": digest(
+            {
+                k: {"uri": a.uri, "properties": a.properties}
+                for k, a in sorted(inputs.items())
+            }
+        ),
+        "code": code_fingerprint(node)[:16],
+    }
+
+
 def cache_key(
     node: Node, inputs: Mapping[str, base.Artifact], config: Any
 ) -> str:
     """Hash of component, node id, config, inputs and code."""
-    payload = {
-        "component": node.component.SPEC.name,
-        "node": node.id,
-        "config": config,
-        "inputs": {
-            k: {"uri": a.uri, "properties": a.properties}
-            for k, a in sorted(inputs.items())
-        },
-        "code": code_fingerprint(node),
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
+    text = json.dumps(cache_parts(node, inputs, config), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def explain_miss(
+    store: store_lib.ArtifactStore, node_id: str, parts: Mapping[str, str]
+) -> str:
+    """Which parts of the key changed since the node's last execution."""
+    for execution in reversed(store.executions()):
+        if execution.component_id == node_id and execution.cache_parts:
+            changed = [
+                k for k, v in parts.items() if execution.cache_parts.get(k) != v
+            ]
+            return "changed: " + (", ".join(changed) or "outputs missing")
+    return "first run"
 
 
 def code_fingerprint(node: Node) -> str:

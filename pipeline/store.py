@@ -45,6 +45,7 @@ class Execution:
       pipeline: the pipeline's name.
       component_id: the node id in the DAG (e.g. "Trainer.pretrain").
       cache_key: hash of component, config, inputs and code.
+      cache_parts: the key's parts, hashed one by one (to explain misses).
       state: RUNNING, COMPLETE, FAILED or CACHED.
       inputs: input key to artifact JSON.
       outputs: output key to artifact JSON.
@@ -60,6 +61,7 @@ class Execution:
     component_id: str
     cache_key: str
     state: str
+    cache_parts: dict[str, str] = dataclasses.field(default_factory=dict)
     inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -111,6 +113,7 @@ class ArtifactStore:
         inputs: dict[str, base.Artifact],
         config: dict[str, Any],
         reuse_id: int | None = None,
+        cache_parts: dict[str, str] | None = None,
     ) -> Execution:
         """Records a RUNNING execution and returns it.
 
@@ -124,6 +127,7 @@ class ArtifactStore:
           reuse_id: resume an unfinished execution with this id (same
             output URIs, so a trainer picks up its checkpoints) instead of
             allocating a new id.
+          cache_parts: the cache key's parts, recorded to explain misses.
 
         Returns:
           The recorded execution.
@@ -144,6 +148,7 @@ class ArtifactStore:
             component_id=component_id,
             cache_key=cache_key,
             state=RUNNING,
+            cache_parts=dict(cache_parts or {}),
             inputs={k: a.to_json() for k, a in inputs.items()},
             config=config,
             started=_now(),

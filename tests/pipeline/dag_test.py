@@ -122,6 +122,7 @@ class DagTest(tf.test.TestCase):
         result = self._run(_nodes(repeat=3))
         self.assertEqual(_CALLS, ["Gen", "Train", "Train"])
         self.assertEqual(result.cached(), ["Gen"])
+        self.assertIn("changed: config", self.lines[-2])
         self.assertEqual(
             result.outputs["Train"]["model"].properties["weights"], "abc" * 3
         )

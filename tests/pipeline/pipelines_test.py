@@ -22,9 +22,12 @@ def _tiny(root: str) -> config_lib.PipelineConfig:
             "pipeline_root": root,
             "demo_fraction": 0.25,
             "data.validation_per_class": 8,
-            "data.num_workers": 1,
+            # In-process Beam: no worker start-up per run at test scale.
+            "data.beam_pipeline_args": ["--direct_running_mode=in_memory"],
             "finetune_data.validation_per_class": 8,
-            "finetune_data.num_workers": 1,
+            "finetune_data.beam_pipeline_args": [
+                "--direct_running_mode=in_memory"
+            ],
             "pretrain.train_steps": 24,
             "pretrain.eval_every_steps": 0,
             "pretrain.runtime.checkpoint_every_steps": 12,
