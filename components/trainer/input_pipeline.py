@@ -1,0 +1,433 @@
+"""tf.data input pipelines over an Examples artifact, one per input worker.
+
+Each host builds its own pipeline through
+`strategy.distribute_datasets_from_function`: files are sharded across input
+pipelines (records, when there are fewer files than pipelines), read with a
+parallel interleave, shuffled, repeated, decoded and augmented in parallel,
+batched to the per-replica batch with `drop_remainder` (static shapes for
+TPU) and prefetched. Decoding and augmentation stay on the host; the device
+sees float32 images and dense float32 targets only.
+
+Training batches are `(images [b, S, S, 3], targets [b, C])`; evaluation
+batches add a weight per example, 0 for the padding that fills the last
+batch so that every example is counted exactly once at static shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from components import base, model_io, preprocessing
+from components.trainer import augment as augment_lib
+from components.trainer import config as config_lib
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_KEY = "image/encoded"
+LABEL_KEY = "image/class/label"
+SCORE_KEY = "image/class/score"
+FEATURES = {
+    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+    LABEL_KEY: tf.io.VarLenFeature(tf.int64),
+    SCORE_KEY: tf.io.VarLenFeature(tf.float32),
+}
+# Read-ahead per TFRecord file: large sequential reads suit GCS.
+READ_BUFFER_BYTES = 8 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ExamplesInfo:
+    """What the trainer needs to know about an Examples artifact.
+
+    Attributes:
+      uri: the artifact's root.
+      num_classes: the label space's size.
+      multi_label: records may hold several labels.
+      labels: class names in index order.
+      num_examples: examples per split name (may be empty when unknown).
+      compression: the artifact's `compression` property: "GZIP", "" for
+        none, None when unset (each file's suffix decides).
+    """
+
+    uri: str
+    num_classes: int
+    multi_label: bool
+    labels: tuple[str, ...]
+    num_examples: dict[str, int]
+    compression: str | None = None
+
+    def split_files(self, split: str) -> list[str]:
+        """The TFRecord shards of a split, sorted.
+
+        Raises:
+          base.ArtifactError: the split has no files.
+        """
+        pattern = os.path.join(self.uri, f"Split-{split}", "*")
+        files = sorted(
+            f
+            for f in tf.io.gfile.glob(pattern)
+            if not os.path.basename(f).startswith(("_", "."))
+        )
+        if not files:
+            raise base.ArtifactError(
+                f"No TFRecord files match {pattern}: the Examples artifact "
+                f"has no split {split!r}."
+            )
+        return files
+
+
+def read_examples_info(artifact: base.Artifact) -> ExamplesInfo:
+    """Reads the label map and split sizes of an Examples artifact.
+
+    Args:
+      artifact: an Examples artifact.
+
+    Returns:
+      Its `ExamplesInfo`.
+
+    Raises:
+      base.ArtifactError: labels.txt is missing or disagrees with the
+        `num_classes` property.
+    """
+    props = artifact.properties
+    labels = model_io.read_labels(
+        os.path.join(artifact.uri, model_io.LABELS_FILE)
+    )
+    num_classes = int(props.get("num_classes") or len(labels))
+    if len(labels) != num_classes:
+        raise base.ArtifactError(
+            f"{artifact.uri}: labels.txt has {len(labels)} names but the "
+            f"artifact says num_classes={num_classes}."
+        )
+    compression = props.get("compression")
+    if compression is not None:
+        compression = "GZIP" if str(compression).upper() == "GZIP" else ""
+    return ExamplesInfo(
+        uri=artifact.uri,
+        num_classes=num_classes,
+        multi_label=bool(props.get("multi_label", False)),
+        labels=tuple(labels),
+        num_examples={
+            k: int(v) for k, v in (props.get("num_examples") or {}).items()
+        },
+        compression=compression,
+    )
+
+
+def _compression(path: str, configured: str | None) -> str:
+    """The compression of one shard: as configured, else by its suffix."""
+    if configured is not None:
+        return "GZIP" if configured.upper() == "GZIP" else ""
+    return "GZIP" if path.endswith(".gz") else ""
+
+
+def _configured_compression(
+    info: ExamplesInfo, config: config_lib.TrainerConfig
+) -> str | None:
+    if config.data.compression is not None:
+        return config.data.compression
+    return info.compression
+
+
+def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses one tf.Example into image bytes, labels and scores.
+
+    Returns:
+      {"image": string scalar, "labels": int64 [n], "scores": float32 [m]},
+      m being n or 0.
+    """
+    parsed = tf.io.parse_single_example(serialized, FEATURES)
+    return {
+        "image": parsed[IMAGE_KEY],
+        "labels": tf.sparse.to_dense(parsed[LABEL_KEY]),
+        "scores": tf.sparse.to_dense(parsed[SCORE_KEY]),
+    }
+
+
+def _records(
+    files: list[str],
+    configured_compression: str | None,
+    ctx: tf.distribute.InputContext,
+    cycle_length: int,
+    block_length: int,
+    shuffle_seed: int | None,
+    deterministic: bool,
+    repeat: bool,
+) -> tf.data.Dataset:
+    """Serialized records of this input pipeline's share of `files`."""
+    compressions = [_compression(f, configured_compression) for f in files]
+    ds = tf.data.Dataset.from_tensor_slices((files, compressions))
+    shard_files = len(files) >= ctx.num_input_pipelines
+    local_files = len(files)
+    if shard_files:
+        ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        local_files = len(
+            files[ctx.input_pipeline_id :: ctx.num_input_pipelines]
+        )
+    if shuffle_seed is not None:
+        ds = ds.shuffle(local_files, seed=shuffle_seed)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.interleave(
+        lambda path, comp: tf.data.TFRecordDataset(
+            path, compression_type=comp, buffer_size=READ_BUFFER_BYTES
+        ),
+        # More parallel reads than files would read one file twice at once
+        # (two epochs of it, interleaved).
+        cycle_length=max(1, min(cycle_length, local_files)),
+        block_length=block_length,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if not shard_files:
+        # Fewer files than pipelines: every pipeline reads everything and
+        # keeps its 1/n of the records.
+        ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+    return ds
+
+
+def _options(config: config_lib.TrainerConfig) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = config.deterministic
+    # Sharding is done above, per input pipeline; tf.distribute must not
+    # shard again.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+    )
+    if config.data.private_threadpool_size > 0:
+        options.threading.private_threadpool_size = (
+            config.data.private_threadpool_size
+        )
+    return options
+
+
+def batches_per_step(ctx: tf.distribute.InputContext) -> int:
+    """Per-replica batches one input pipeline delivers per training step."""
+    return ctx.num_replicas_in_sync // ctx.num_input_pipelines
+
+
+def train_dataset(
+    info: ExamplesInfo,
+    config: config_lib.TrainerConfig,
+    ctx: tf.distribute.InputContext,
+    image_size: int,
+    sigmoid: bool,
+    start_step: int = 0,
+    image_dtype: tf.DType = tf.float32,
+) -> tf.data.Dataset:
+    """The infinite, augmented training stream of one input pipeline.
+
+    Args:
+      info: the Examples artifact.
+      config: the trainer config.
+      ctx: the input pipeline's context (`InputContext()` for one device).
+      image_size: the training resolution.
+      sigmoid: the loss is a sigmoid (sets the target smoothing form).
+      start_step: the step training resumes at. In deterministic mode the
+        stream is replayed up to it, so a resumed run sees the very batches
+        an uninterrupted one would; otherwise the shuffles are reseeded
+        from it, so a resumed run does not repeat the data order it
+        already saw.
+      image_dtype: the images' dtype on the way to the device (bfloat16
+        under mixed_bfloat16: half the transfer).
+
+    Returns:
+      A dataset of (images [b, S, S, 3], targets float32 [b, C]), b being
+      the per-replica batch.
+    """
+    per_replica = ctx.get_per_replica_batch_size(config.batch_size)
+    files = info.split_files(config.data.train_split)
+    seed = config.seed * 1_000_003 + ctx.input_pipeline_id
+    if start_step and not config.deterministic:
+        seed = seed * 7_919 + start_step
+    ds = _records(
+        files,
+        _configured_compression(info, config),
+        ctx,
+        config.data.cycle_length,
+        config.data.block_length,
+        shuffle_seed=seed,
+        deterministic=config.deterministic,
+        repeat=True,
+    )
+    ds = ds.shuffle(config.data.shuffle_buffer_size, seed=seed + 1)
+    aug, num_classes = config.augment, info.num_classes
+    smoothing = config.loss.label_smoothing
+    mixup = aug.mixup_alpha > 0 or aug.cutmix_alpha > 0
+    if mixup and info.multi_label:
+        raise ValueError(
+            "Mixup/CutMix need single-label examples; set "
+            "augment.mixup_alpha=0 and augment.cutmix_alpha=0 for "
+            "multi-label data."
+        )
+
+    def preprocess(serialized):
+        ex = parse_example(serialized)
+        image = augment_lib.preprocess_for_train(ex["image"], image_size, aug)
+        if mixup:
+            return image, ex["labels"][0]
+        return image, _target(ex, info, smoothing, sigmoid)
+
+    ds = ds.map(
+        preprocess,
+        num_parallel_calls=config.data.num_parallel_calls,
+        deterministic=config.deterministic,
+    )
+    ds = ds.batch(per_replica, drop_remainder=True)
+    if mixup:
+        ds = ds.map(
+            augment_lib.BatchMixup(
+                num_classes, aug.mixup_alpha, aug.cutmix_alpha, smoothing
+            ),
+            num_parallel_calls=config.data.num_parallel_calls,
+            deterministic=config.deterministic,
+        )
+    if image_dtype != tf.float32:
+        ds = ds.map(lambda x, y: (tf.cast(x, image_dtype), y))
+    if start_step and config.deterministic:
+        ds = ds.skip(start_step * batches_per_step(ctx))
+    ds = ds.prefetch(config.data.prefetch_batches)
+    return ds.with_options(_options(config))
+
+
+def _target(
+    ex: dict[str, tf.Tensor],
+    info: ExamplesInfo,
+    smoothing: float,
+    sigmoid: bool,
+) -> tf.Tensor:
+    """The dense target row of one parsed example (see augment)."""
+    if info.multi_label:
+        return augment_lib.multi_hot_target(
+            ex["labels"],
+            info.num_classes,
+            ex["scores"],
+            smoothing if sigmoid else 0.0,
+        )
+    if sigmoid:
+        return augment_lib.multi_hot_target(
+            ex["labels"][:1], info.num_classes, None, smoothing
+        )
+    return augment_lib.single_label_target(
+        ex["labels"][0], info.num_classes, smoothing
+    )
+
+
+def eval_steps(
+    info: ExamplesInfo, config: config_lib.TrainerConfig, global_batch: int
+) -> int:
+    """Global evaluation batches: `config.eval_steps`, else the whole split.
+
+    Raises:
+      ValueError: the split's size is unknown and `eval_steps` is 0.
+    """
+    if config.eval_steps > 0:
+        return config.eval_steps
+    n = info.num_examples.get(config.data.eval_split, 0)
+    if n <= 0:
+        raise ValueError(
+            f"The Examples artifact does not say how many "
+            f"{config.data.eval_split!r} examples it holds; set eval_steps."
+        )
+    return -(-n // global_batch)
+
+
+def eval_dataset(
+    info: ExamplesInfo,
+    config: config_lib.TrainerConfig,
+    ctx: tf.distribute.InputContext,
+    image_size: int,
+    global_batch: int,
+    num_batches: int,
+    image_dtype: tf.DType = tf.float32,
+) -> tf.data.Dataset:
+    """Evaluation batches of one input pipeline, padded to static shapes.
+
+    The split is read once in file order; `preprocessing.preprocess_for_eval`
+    makes the input; the pipeline's share is padded with zero-weight
+    examples up to exactly `num_batches` global batches.
+
+    Args:
+      info: the Examples artifact.
+      config: the trainer config.
+      ctx: the input pipeline's context.
+      image_size: the model's resolution.
+      global_batch: the global evaluation batch.
+      num_batches: global batches to produce.
+      image_dtype: the images' dtype on the way to the device.
+
+    Returns:
+      A dataset of (images [b, S, S, 3], targets [b, C] without smoothing,
+      weights [b]).
+    """
+    per_replica = ctx.get_per_replica_batch_size(global_batch)
+    files = info.split_files(config.data.eval_split)
+    ds = _records(
+        files,
+        _configured_compression(info, config),
+        ctx,
+        config.data.cycle_length,
+        1,
+        shuffle_seed=None,
+        deterministic=True,
+        repeat=False,
+    )
+
+    def preprocess(serialized):
+        ex = parse_example(serialized)
+        image = preprocessing.preprocess_for_eval(ex["image"], image_size)
+        return image, _target(ex, info, 0.0, False), tf.constant(1.0)
+
+    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+    padding = tf.data.Dataset.from_tensors(
+        (
+            tf.zeros([image_size, image_size, 3]),
+            tf.zeros([info.num_classes]),
+            tf.constant(0.0),
+        )
+    ).repeat()
+    count = num_batches * batches_per_step(ctx) * per_replica
+    ds = ds.concatenate(padding).take(count)
+    ds = ds.batch(per_replica, drop_remainder=True)
+    if image_dtype != tf.float32:
+        ds = ds.map(lambda x, y, w: (tf.cast(x, image_dtype), y, w))
+    ds = ds.prefetch(AUTOTUNE)
+    options = _options(config)
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def synthetic_dataset(
+    num_classes: int, image_size: int, per_replica_batch: int
+) -> tf.data.Dataset:
+    """An endless stream of one fixed batch of the training shapes.
+
+    The benchmark's baseline: the train step on this measures the step
+    alone, with no decoding or augmentation.
+    """
+    images = tf.random.stateless_normal(
+        [per_replica_batch, image_size, image_size, 3], seed=[1, 2]
+    )
+    labels = tf.random.stateless_uniform(
+        [per_replica_batch], seed=[3, 4], maxval=num_classes, dtype=tf.int32
+    )
+    targets = tf.one_hot(labels, num_classes)
+    return tf.data.Dataset.from_tensors((images, targets)).repeat()
+
+
+def distribute(
+    strategy: tf.distribute.Strategy,
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+) -> Any:
+    """Builds one pipeline per input worker and distributes its batches."""
+    return strategy.distribute_datasets_from_function(
+        dataset_fn,
+        options=tf.distribute.InputOptions(
+            experimental_fetch_to_device=True,
+            experimental_per_replica_buffer_size=2,
+        ),
+    )

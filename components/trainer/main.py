@@ -1,0 +1,141 @@
+"""Trainer CLI: `bazel run //components/trainer:trainer -- --examples=...`.
+
+    --examples=<Examples artifact> --output=<Model artifact dir>
+    --config=pretrain_i1k|pretrain_i21k|finetune_i1k_384|pretrain_jft|tiny
+             (or a JSON file: a full or partial TrainerConfig, optionally
+             with "base": "<recipe>"; an `_execution.json` works too)
+    --variant --image_size --batch_size --train_steps --train_epochs
+    --strategy=default|mirrored|multi_worker|tpu --tpu --zone --project
+    --precision --base_model=<Model artifact> --init_checkpoint --seed
+    --config_override=optimizer.learning_rate=5e-5 (repeatable)
+
+Running it again with the same --output resumes from the latest
+checkpoint. In a multi-worker run every worker runs the same command; only
+the chief records the artifact.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from absl import app, flags, logging  # noqa: E402
+
+from components import base, cli  # noqa: E402
+from components.trainer import component as component_lib  # noqa: E402
+from components.trainer import config as config_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("examples", None, "The Examples artifact to train on.")
+flags.DEFINE_string(
+    "output",
+    None,
+    "The Model artifact's directory; resumes when it holds checkpoints. "
+    "Default: $COATNET_HOME (or ~/coatnet_runs)/trainer/<config>.",
+)
+flags.DEFINE_string(
+    "config", "pretrain_i1k", "A recipe name from configs/, or a JSON file."
+)
+flags.DEFINE_multi_string(
+    "config_override", [], "field.path=value, e.g. optimizer.ema_decay=0.9999."
+)
+flags.DEFINE_string("base_model", None, "A Model artifact to finetune from.")
+flags.DEFINE_string("init_checkpoint", None, "A checkpoint to finetune from.")
+flags.DEFINE_string("variant", None, "coatnet-0 ... coatnet-7, coatnet-tiny.")
+flags.DEFINE_integer("image_size", None, "Training resolution.")
+flags.DEFINE_integer("batch_size", None, "Global training batch.")
+flags.DEFINE_integer("train_steps", None, "Training steps (beats epochs).")
+flags.DEFINE_float("train_epochs", None, "Training epochs.")
+flags.DEFINE_string("strategy", None, "default|mirrored|multi_worker|tpu.")
+flags.DEFINE_string("tpu", None, "TPU name or address; 'local' on a TPU VM.")
+flags.DEFINE_string("zone", None, "The TPU's GCP zone.")
+flags.DEFINE_string("project", None, "The TPU's GCP project.")
+flags.DEFINE_string("precision", None, "auto|float32|mixed_bfloat16.")
+flags.DEFINE_integer("seed", None, "Random seed.")
+
+# Typed flags and the config fields they set.
+_FLAG_FIELDS = {
+    "variant": "model.variant",
+    "image_size": "model.image_size",
+    "batch_size": "batch_size",
+    "train_steps": "train_steps",
+    "train_epochs": "train_epochs",
+    "strategy": "runtime.strategy",
+    "tpu": "runtime.tpu",
+    "zone": "runtime.zone",
+    "project": "runtime.project",
+    "precision": "runtime.precision",
+    "seed": "seed",
+    "init_checkpoint": "finetune.init_checkpoint",
+}
+
+
+def load_config(name_or_path: str, overrides: dict) -> config_lib.TrainerConfig:
+    """A recipe (or JSON file) with overrides applied.
+
+    Args:
+      name_or_path: a `configs` recipe name, or a JSON file holding a
+        (partial) TrainerConfig, optionally naming its recipe under
+        "base", or an `_execution.json` (its "config").
+      overrides: dotted field paths to values.
+
+    Returns:
+      The resolved config.
+    """
+    import configs
+
+    if name_or_path in configs.list_configs():
+        config = configs.get_config(name_or_path)
+    else:
+        data = dict(base.read_json(cli.resolve_user_path(name_or_path)))
+        if "config" in data and "component" in data:
+            data = dict(data["config"])
+        recipe = data.pop("base", None)
+        config = (
+            configs.get_config(recipe) if recipe else config_lib.TrainerConfig()
+        )
+        config = config_lib.apply_overrides(config, data)
+    return config_lib.apply_overrides(config, overrides)
+
+
+def main(argv):
+    del argv  # Unused.
+    overrides = config_lib.parse_override_flags(FLAGS.config_override)
+    for flag, field in _FLAG_FIELDS.items():
+        value = FLAGS[flag].value
+        if value is not None:
+            overrides[field] = value
+    config = load_config(FLAGS.config, overrides)
+    # The strategy first: multi-worker and TPU set-up must precede any
+    # other TensorFlow work in the process.
+    from components.trainer import strategy as strategy_lib
+
+    rt = config.runtime
+    strategy = strategy_lib.create_strategy(
+        rt.strategy, rt.tpu, rt.zone, rt.project
+    )
+    examples = cli.read_input_artifact(
+        FLAGS.examples, base.EXAMPLES, "examples"
+    )
+    inputs = {"examples": examples}
+    if FLAGS.base_model:
+        inputs["base_model"] = cli.read_input_artifact(
+            FLAGS.base_model, base.MODEL, "base_model"
+        )
+    recipe = os.path.splitext(os.path.basename(FLAGS.config))[0]
+    output = FLAGS.output or os.path.join(cli.default_home(), "trainer", recipe)
+    output = cli.check_output_location(cli.resolve_user_path(output), "output")
+    component = component_lib.Trainer(strategy)
+    if not strategy_lib.is_chief(strategy):
+        # Non-chief workers train in lockstep but record nothing.
+        outputs = {"model": base.Artifact(base.MODEL, output)}
+        component.run(inputs, outputs, config)
+        logging.info("Worker done.")
+        return
+    outputs = base.execute(component, inputs, {"model": output}, config)
+    cli.print_outputs(outputs)
+
+
+if __name__ == "__main__":
+    app.run(main)
