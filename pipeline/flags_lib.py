@@ -9,11 +9,13 @@ config is written next to the run's outputs.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
-from absl import flags
+from absl import app, flags, logging
 
 from components import cli
 from pipeline import config as config_lib
+from pipeline import runner
 
 FLAGS = flags.FLAGS
 
@@ -109,3 +111,29 @@ def config_from_flags() -> config_lib.PipelineConfig:
     if "://" not in config.root:
         cli.check_output_location(config.root, "pipeline_root")
     return config
+
+
+def main_for(job: str) -> Callable[[list[str]], None]:
+    """The absl `main` of a pipeline binary: flags to config, run, exit.
+
+    Args:
+      job: "pretrain", "finetune" or "retrain".
+
+    Returns:
+      A function for `app.run`.
+    """
+
+    def main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        try:
+            config = config_from_flags()
+        except ValueError as e:
+            logging.error("%s", e)
+            raise SystemExit(runner.EXIT_USAGE) from e
+        base_model = ""
+        if job == "finetune" and FLAGS.base_model:
+            base_model = cli.resolve_user_path(FLAGS.base_model)
+        runner.exit_with(runner.run_job(job, config, base_model))
+
+    return main

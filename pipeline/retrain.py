@@ -13,21 +13,9 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from absl import app, logging  # noqa: E402
+from absl import app  # noqa: E402
 
-from pipeline import flags_lib, runner  # noqa: E402
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        config = flags_lib.config_from_flags()
-    except ValueError as e:
-        logging.error("%s", e)
-        raise SystemExit(runner.EXIT_USAGE) from e
-    runner.exit_with(runner.run_job("retrain", config))
-
+from pipeline import flags_lib  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(flags_lib.main_for("retrain"))
