@@ -1,0 +1,230 @@
+r"""CoAtNet model benchmark on CPU: throughput and fraction of matmul peak.
+
+Prints one JSON object:
+
+- `peak_gflops`: the machine's measured matmul rate, float32 and bfloat16
+  (`tf.matmul` of two N x N matrices, 2 N^3 FLOPs each);
+- `flops_per_image`: the model's forward FLOPs counted on its traced graph
+  (2 per multiply-add, `coatnet_tf.forward_flops`); a training step counts
+  3x forward (forward, and a backward of twice its cost);
+- per policy (`float32`, `mixed_bfloat16`): `forward` and `train_step`
+  images/s (train step = forward, backward and an AdamW update), the
+  GFLOP/s they reach and their fraction of the float32 (and bfloat16)
+  peak; mixed_bfloat16 also reports its speedup over float32.
+
+The machine is shared, so peak and model are measured in the same run,
+interleaved in rounds: every figure gives its best round (least disturbed)
+and its median.
+
+CPU runtime settings must be made before TensorFlow loads, so TensorFlow is
+imported in `main` after flag parsing:
+- `--onednn` sets TF_ENABLE_ONEDNN_OPTS=1 (TensorFlow turns oneDNN on by
+  default only on CPUs with AVX512-VNNI/BF16 or AMX);
+- `--bfc_allocator` sets TF_CPU_ALLOCATOR_USE_BFC=true, a pooling allocator
+  that reuses large buffers; the default allocator returns them to the OS
+  and pays page faults on every new activation.
+
+    bazel run //bench:model_bench
+    bazel run //bench:model_bench -- --steps=2 --rounds=1 --batch=8
+    bazel run //bench:model_bench -- --variant=coatnet-tiny --image_size=64
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string("variant", "coatnet-0", "coatnet_tf variant.")
+flags.DEFINE_integer("image_size", 224, "Input resolution.")
+flags.DEFINE_integer("batch", 16, "Images per step.")
+flags.DEFINE_integer("steps", 4, "Timed steps per measurement.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps before the first round.")
+flags.DEFINE_integer("rounds", 3, "Interleaved measurement rounds.")
+flags.DEFINE_list(
+    "policies", ["float32", "mixed_bfloat16"], "Keras dtype policies."
+)
+flags.DEFINE_integer("peak_size", 4096, "Side of the peak-matmul matrices.")
+flags.DEFINE_boolean("onednn", True, "Set TF_ENABLE_ONEDNN_OPTS=1.")
+flags.DEFINE_boolean("bfc_allocator", True, "Use TF's BFC CPU allocator.")
+flags.DEFINE_boolean("gelu_approximate", False, "tanh-approximate GELU.")
+flags.DEFINE_integer("intra_op_threads", 0, "0: one per core (default).")
+flags.DEFINE_integer("inter_op_threads", 0, "0: TensorFlow's default.")
+FLAGS = flags.FLAGS
+
+
+def cpu_info() -> dict:
+    """CPU model and the instruction-set flags that decide bf16 speed."""
+    info = {"machine": platform.machine(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags_set = set(line.split(":", 1)[1].split())
+            info["isa"] = sorted(
+                f
+                for f in flags_set
+                if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")
+            )
+            break
+    return info
+
+
+def timed(fn, steps: int) -> float:
+    """Seconds per call of `fn` (which returns a tensor), over `steps`."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = fn()
+    out.numpy()  # Waits for the last step.
+    return (time.perf_counter() - start) / steps
+
+
+def summary(values: list[float]) -> dict:
+    return {"best": max(values), "median": statistics.median(values)}
+
+
+def make_steps(tf, model, optimizer, images, labels):
+    """tf.functions (no XLA) for inference and one AdamW training step."""
+
+    @tf.function
+    def forward():
+        return model(images, training=False)
+
+    @tf.function
+    def train_step():
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)  # float32 logits.
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            )
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return forward, train_step
+
+
+def main(argv):
+    del argv
+    if FLAGS.onednn:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    if FLAGS.bfc_allocator:
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Imported here, after the runtime settings above.
+    import tensorflow as tf
+    import tf_keras
+
+    import coatnet_tf
+
+    size, batch = FLAGS.image_size, FLAGS.batch
+    threading = tf.config.threading
+    threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
+
+    # Peak: one large matmul per dtype, chained so that calls do not overlap.
+    peaks = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        n = FLAGS.peak_size
+        a = tf.cast(tf.random.normal([n, n], stddev=0.01), dtype)
+        matmul = tf.function(lambda a=a: tf.matmul(a, a))
+        matmul()
+        peaks[dtype.name] = (matmul, 2.0 * n**3)
+
+    runs = {}
+    for policy in FLAGS.policies:
+        tf_keras.mixed_precision.set_global_policy(policy)
+        model = coatnet_tf.create_model(
+            FLAGS.variant,
+            num_classes=1000,
+            image_size=size,
+            gelu_approximate=FLAGS.gelu_approximate,
+        )
+        images = tf.random.normal([batch, size, size, 3])
+        labels = tf.random.uniform([batch], 0, 1000, tf.int32)
+        model(images[:1], training=False)
+        optimizer = tf_keras.optimizers.AdamW(
+            learning_rate=1e-4, weight_decay=0.05, jit_compile=False
+        )
+
+        forward, train_step = make_steps(tf, model, optimizer, images, labels)
+        for _ in range(FLAGS.warmup):
+            forward().numpy()
+            train_step().numpy()
+        runs[policy] = (model, forward, train_step)
+    tf_keras.mixed_precision.set_global_policy("float32")
+
+    flops_model = coatnet_tf.create_model(FLAGS.variant, 1000, size)
+    forward_flops = coatnet_tf.forward_flops(flops_model, batch_size=1)
+    flops = {"forward": forward_flops, "train_step": 3 * forward_flops}
+
+    peak_rates = {name: [] for name in peaks}
+    rates = {(p, k): [] for p in runs for k in ("forward", "train_step")}
+    for _ in range(FLAGS.rounds):
+        for name, (matmul, n_flops) in peaks.items():
+            steps = max(FLAGS.steps, 3)
+            peak_rates[name].append(n_flops / timed(matmul, steps) / 1e9)
+        for policy, (_, forward, train_step) in runs.items():
+            rates[(policy, "forward")].append(
+                batch / timed(forward, FLAGS.steps)
+            )
+            rates[(policy, "train_step")].append(
+                batch / timed(train_step, FLAGS.steps)
+            )
+
+    peak = {name: summary(v) for name, v in peak_rates.items()}
+    result = {
+        "variant": FLAGS.variant,
+        "image_size": size,
+        "batch": batch,
+        "steps": FLAGS.steps,
+        "rounds": FLAGS.rounds,
+        "runtime": {
+            "tensorflow": tf.__version__,
+            "onednn": FLAGS.onednn,
+            "bfc_allocator": FLAGS.bfc_allocator,
+            "gelu_approximate": FLAGS.gelu_approximate,
+            # 0: TensorFlow's default (one thread per core).
+            "intra_op_threads": threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": threading.get_inter_op_parallelism_threads(),
+        },
+        "cpu": cpu_info(),
+        "peak_gflops": peak,
+        "flops_per_image": flops,
+    }
+    for policy in runs:
+        entry = {}
+        for kind in ("forward", "train_step"):
+            images_per_s = summary(rates[(policy, kind)])
+            gflops = {k: v * flops[kind] / 1e9 for k, v in images_per_s.items()}
+            entry[kind] = {
+                "images_per_s": images_per_s,
+                "gflops": gflops,
+                "fraction_of_fp32_peak": {
+                    k: gflops[k] / peak["float32"][k] for k in gflops
+                },
+            }
+            if policy != "float32":
+                entry[kind]["fraction_of_bf16_peak"] = {
+                    k: gflops[k] / peak["bfloat16"][k] for k in gflops
+                }
+            if policy != "float32" and "float32" in runs:
+                base = summary(rates[("float32", kind)])
+                entry[kind]["speedup_vs_float32"] = {
+                    k: images_per_s[k] / base[k] for k in base
+                }
+        result[policy] = entry
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,543 @@
+"""Convolutional layers of CoAtNet: stem (S0), MBConv (S1, S2), head.
+
+All tensors are NHWC. Choices the paper leaves open (§3.2, App. A.1) are
+made here and marked "Open choice":
+
+- Stem: conv 3x3 stride 2 -> BatchNorm -> GELU -> conv 3x3. The second conv
+  has no norm or activation because every block after it starts with its
+  own pre-norm.
+- MBConv: expansion and squeeze-excitation widths are taken from the
+  block's output channels, and its shortcut pool is a 2x2 max pool, the
+  pool of Eq. 4.
+- Initializers: convolutions use He-style fan-out truncated normal (as in
+  EfficientNet); dense layers Glorot uniform; the classifier kernel zero.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+DENSE_INIT = "glorot_uniform"  # A name: each layer gets its own instance.
+
+
+def conv_init() -> tf_keras.initializers.Initializer:
+    """He-style fan-out init; a new instance per layer, since an unseeded
+    tf_keras initializer instance repeats its values on every call."""
+    return tf_keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="truncated_normal"
+    )
+
+
+_register = tf_keras.saving.register_keras_serializable(package="coatnet")
+
+
+_SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
+
+
+@tf.custom_gradient
+def _gelu_exact_for_training(x: tf.Tensor) -> tf.Tensor:
+    # Keeps x, x / sqrt(2) and Phi(x) for the backward pass, which then
+    # takes 5 element-wise passes where autodiff of the formula takes 9.
+    u = x * _SQRT_HALF
+    cdf = 0.5 + 0.5 * tf.math.erf(u)  # Phi(x)
+
+    def grad(dy):
+        # d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-u^2) / sqrt(2 pi);
+        # square, negate and exp fuse into one pass on CPU.
+        pdf = tf.exp(-tf.square(u))
+        return dy * (cdf + x * pdf * _INV_SQRT_2PI)
+
+    return x * cdf, grad
+
+
+def gelu(x: tf.Tensor, approximate: bool, training=False) -> tf.Tensor:
+    """GELU (App. A.1), exact erf form or its tanh approximation.
+
+    Args:
+      x: input of any float dtype.
+      approximate: use the tanh approximation.
+      training: use the exact form's hand-written gradient. Inference keeps
+        the plain formula, which oneDNN fuses into a preceding matmul.
+
+    Returns:
+      x * Phi(x), same shape and dtype.
+    """
+    if approximate:
+        return tf.nn.gelu(x, approximate=True)
+    if training:
+        return _gelu_exact_for_training(x)
+    # 0.5 x (1 + erf(x / sqrt(2))). Written with erf because `tf.nn.gelu`
+    # uses erfc, whose CPU kernel is ~3x slower than erf's.
+    return 0.5 * x * (1.0 + tf.math.erf(x * _SQRT_HALF))
+
+
+def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:
+    """The stride-2 max pool of Eq. 4 and 5; odd sides round up."""
+    return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="SAME")
+
+
+def _conv3x3_kernel_grad(x: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
+    """Kernel gradient of a 3x3, stride-1, SAME conv, as 9 matmuls.
+
+    Flatten the zero-padded input [B, H + 2, W + 2, C] row-major: output
+    pixel p of a tap (kh, kw) reads input pixel p + s, s = kh (W + 2) + kw,
+    a fixed offset. Pad dy to the same grid (zero rows and columns at the
+    end), so the tap's gradient is x_flat[s:]^T dy_flat[:n - s]: one matmul
+    on a contiguous slice (no copy), never mixing images, because a valid
+    p + s stays inside p's padded image. oneDNN's own backward-weights
+    kernel runs these shapes (tiny C, large H x W) ~4x below matmul speed.
+
+    Args:
+      x: conv input [B, H, W, C].
+      dy: gradient of the conv output [B, H, W, O].
+
+    Returns:
+      [3, 3, C, O], the kernel gradient.
+    """
+    c, o = x.shape[-1], dy.shape[-1]
+    width = x.shape[2] + 2
+    x_flat = tf.reshape(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), [-1, c])
+    dy_flat = tf.reshape(tf.pad(dy, [[0, 0], [0, 2], [0, 2], [0, 0]]), [-1, o])
+    n = tf.shape(x_flat)[0]
+    taps = []
+    for kh in range(3):
+        for kw in range(3):
+            s = kh * width + kw
+            taps.append(
+                tf.matmul(x_flat[s:], dy_flat[: n - s], transpose_a=True)
+            )
+    return tf.reshape(tf.stack(taps), [3, 3, c, o])
+
+
+@tf.custom_gradient
+def conv3x3_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """3x3, stride-1, SAME conv2d with a matmul-based kernel gradient."""
+    y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+
+    def grad(dy):
+        dx = tf.nn.conv2d_transpose(
+            dy, kernel, tf.shape(x), strides=1, padding="SAME"
+        )
+        return dx, _conv3x3_kernel_grad(x, dy)
+
+    return y, grad
+
+
+@_register
+class Conv3x3(tf_keras.layers.Conv2D):
+    """`Conv2D(filters, 3, padding="same")` with a faster kernel gradient.
+
+    Same variables and outputs as the Keras layer; only the backward pass
+    differs (`conv3x3_same`). Used for the stride-1 stem conv, the largest
+    3x3 conv of the model (the second conv of S0 at half resolution).
+
+    Args:
+      filters: output channels.
+      **kwargs: other `Conv2D` arguments; kernel size, padding, strides and
+        dilation are fixed.
+    """
+
+    def __init__(self, filters: int, **kwargs):
+        for fixed in ("kernel_size", "padding", "strides", "dilation_rate"):
+            kwargs.pop(fixed, None)
+        super().__init__(filters, 3, padding="same", **kwargs)
+
+    def convolution_op(self, inputs, kernel):
+        return conv3x3_same(inputs, tf.convert_to_tensor(kernel))
+
+
+@_register
+class StochasticDepth(tf_keras.layers.Layer):
+    """Drops a residual branch per example (Huang et al., 2016).
+
+    In training, each example's branch is zeroed with probability `rate` and
+    otherwise scaled by 1 / (1 - rate), so inference needs no rescaling.
+
+    Args:
+      rate: drop probability in [0, 1).
+      **kwargs: base `Layer` arguments.
+    """
+
+    def __init__(self, rate: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"Stochastic depth rate {rate} not in [0, 1).")
+        self.rate = float(rate)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        # One draw per example: [B, 1, ..., 1] broadcasts over the rest.
+        shape = [tf.shape(inputs)[0]] + [1] * (inputs.shape.rank - 1)
+        mask = tf.floor(keep + tf.random.uniform(shape, dtype=inputs.dtype))
+        return inputs * (mask / tf.cast(keep, inputs.dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+@_register
+class ConvStem(tf_keras.layers.Layer):
+    """S0: two 3x3 convolutions, the first with stride 2 (§3.2, Fig. 4).
+
+    Open choice: BatchNorm and GELU between the two convs; both convs keep a
+    bias so the parameter count matches the paper's.
+
+    Args:
+      width: output channels of both convs.
+      gelu_approximate: tanh-approximate GELU.
+      bn_momentum: BatchNorm momentum.
+      bn_epsilon: BatchNorm epsilon.
+      **kwargs: base `Layer` arguments.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        gelu_approximate: bool = False,
+        bn_momentum: float = 0.99,
+        bn_epsilon: float = 1e-3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.width = width
+        self.gelu_approximate = gelu_approximate
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.conv0 = tf_keras.layers.Conv2D(
+            width,
+            3,
+            strides=2,
+            padding="same",
+            kernel_initializer=conv_init(),
+            name="conv0",
+        )
+        self.norm0 = tf_keras.layers.BatchNormalization(
+            momentum=bn_momentum, epsilon=bn_epsilon, name="norm0"
+        )
+        self.conv1 = Conv3x3(
+            width, kernel_initializer=conv_init(), name="conv1"
+        )
+
+    def call(self, inputs, training=None):
+        x = self.norm0(self.conv0(inputs), training=training)
+        return self.conv1(gelu(x, self.gelu_approximate, training))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "width": self.width,
+            "gelu_approximate": self.gelu_approximate,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
+        }
+
+
+@_register
+class SqueezeExcitation(tf_keras.layers.Layer):
+    """Squeeze-excitation (Hu et al., 2018) on an NHWC feature map.
+
+    Global average pool -> dense(bottleneck) -> GELU -> dense(channels) ->
+    sigmoid gate. Dense layers act on [B, C], the same weights as 1x1 convs
+    on the pooled map.
+
+    Args:
+      bottleneck: width of the squeeze layer.
+      gelu_approximate: tanh-approximate GELU.
+      **kwargs: base `Layer` arguments.
+    """
+
+    def __init__(self, bottleneck: int, gelu_approximate=False, **kwargs):
+        super().__init__(**kwargs)
+        self.bottleneck = bottleneck
+        self.gelu_approximate = gelu_approximate
+        self.reduce = tf_keras.layers.Dense(
+            bottleneck, kernel_initializer=DENSE_INIT, name="reduce"
+        )
+        self.expand = None
+
+    def build(self, input_shape):
+        self.expand = tf_keras.layers.Dense(
+            int(input_shape[-1]), kernel_initializer=DENSE_INIT, name="expand"
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        squeezed = tf.reduce_mean(inputs, axis=[1, 2])  # [B, C]
+        gate = self.expand(gelu(self.reduce(squeezed), self.gelu_approximate))
+        return inputs * tf.sigmoid(gate)[:, None, None, :]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bottleneck": self.bottleneck,
+            "gelu_approximate": self.gelu_approximate,
+        }
+
+
+def _subsample_2x(x: tf.Tensor) -> tf.Tensor:
+    """x[:, ::2, ::2, :]: the pixels a 1x1 conv of stride 2 reads."""
+    _, h, w, c = x.shape
+    if h % 2 or w % 2:
+        return x[:, ::2, ::2, :]
+    # The same pixels as a plain slice of a reshape: ~10x faster on CPU than
+    # a strided slice.
+    return tf.reshape(x, [-1, h // 2, 2, w // 2, 2, c])[:, :, 0, :, 0, :]
+
+
+def _batch_norm_affine(norm, dtype) -> tuple[tf.Tensor, tf.Tensor]:
+    """(scale, shift) with norm(x) = x * scale + shift at inference."""
+    scale = norm.gamma * tf.math.rsqrt(norm.moving_variance + norm.epsilon)
+    shift = norm.beta - norm.moving_mean * scale
+    return tf.cast(scale, dtype), tf.cast(shift, dtype)
+
+
+@_register
+class MBConvBlock(tf_keras.layers.Layer):
+    """Pre-norm MBConv with squeeze-excitation (S1, S2; §3.2, Eq. 5).
+
+    x <- Proj(Pool(x)) + Conv(SE(DepthConv(Conv(Norm(x), stride)))),
+    with BatchNorm and GELU after the expansion conv and the depthwise conv.
+    With stride 2 the stride sits on the first 1x1 conv (Eq. 5), not on the
+    depthwise conv. Proj is a 1x1 conv, present only when the channel count
+    changes; Pool is a 2x2 max pool (open choice, as in Eq. 4).
+
+    Args:
+      width: output channels.
+      stride: 1 or 2.
+      expansion: inner width = expansion * width.
+      se_ratio: squeeze width = int(se_ratio * width); 0 disables SE.
+      drop_path_rate: stochastic depth rate of the residual branch.
+      gelu_approximate: tanh-approximate GELU.
+      bn_momentum: BatchNorm momentum.
+      bn_epsilon: BatchNorm epsilon.
+      **kwargs: base `Layer` arguments.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        stride: int = 1,
+        expansion: int = 4,
+        se_ratio: float = 0.25,
+        drop_path_rate: float = 0.0,
+        gelu_approximate: bool = False,
+        bn_momentum: float = 0.99,
+        bn_epsilon: float = 1e-3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if stride not in (1, 2):
+            raise ValueError(f"MBConv stride must be 1 or 2, got {stride}.")
+        self.width = width
+        self.stride = stride
+        self.expansion = expansion
+        self.se_ratio = se_ratio
+        self.drop_path_rate = drop_path_rate
+        self.gelu_approximate = gelu_approximate
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+
+        def norm(name):
+            return tf_keras.layers.BatchNormalization(
+                momentum=bn_momentum, epsilon=bn_epsilon, name=name
+            )
+
+        inner = width * expansion
+        self.pre_norm = norm("pre_norm")
+        self.expand_conv = tf_keras.layers.Conv2D(
+            inner,
+            1,
+            strides=stride,
+            use_bias=False,  # A BatchNorm follows.
+            kernel_initializer=conv_init(),
+            name="expand_conv",
+        )
+        self.expand_norm = norm("expand_norm")
+        self.depthwise_conv = tf_keras.layers.DepthwiseConv2D(
+            3,
+            padding="same",
+            use_bias=False,
+            depthwise_initializer=conv_init(),
+            name="depthwise_conv",
+        )
+        self.depthwise_norm = norm("depthwise_norm")
+        squeeze = int(width * se_ratio)
+        self.se = (
+            SqueezeExcitation(squeeze, gelu_approximate, name="se")
+            if squeeze
+            else None
+        )
+        self.project_conv = tf_keras.layers.Conv2D(
+            width, 1, kernel_initializer=conv_init(), name="project_conv"
+        )
+        self.drop_path = StochasticDepth(drop_path_rate, name="drop_path")
+        self.shortcut_proj = None
+
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        if int(input_shape[-1]) != self.width:
+            self.shortcut_proj = tf_keras.layers.Conv2D(
+                self.width,
+                1,
+                kernel_initializer=conv_init(),
+                name="shortcut_proj",
+            )
+        # Every sublayer is built here, because inference may skip calling
+        # some of them (`_folded_inference`).
+        inner = input_shape[:-1].concatenate([self.width * self.expansion])
+        for layer, shape in (
+            (self.pre_norm, input_shape),
+            (self.expand_conv, input_shape),
+            (self.expand_norm, inner),
+            (self.depthwise_conv, inner),
+            (self.depthwise_norm, inner),
+        ):
+            with tf.name_scope(layer.name):
+                layer.build(shape)
+        super().build(input_shape)
+
+    def _folded_inference(self, inputs):
+        """Inference with the BatchNorms folded into the convolutions.
+
+        With moving statistics a BatchNorm is a per-channel affine map, so
+        pre_norm and expand_norm fold into the 1x1 expansion, which then
+        runs as one matmul + bias + GELU (a single fused oneDNN op), and
+        depthwise_norm folds into the depthwise kernel plus a bias.
+        """
+        dtype = inputs.dtype
+        scale1, shift1 = _batch_norm_affine(self.pre_norm, dtype)
+        scale2, shift2 = _batch_norm_affine(self.expand_norm, dtype)
+        scale3, shift3 = _batch_norm_affine(self.depthwise_norm, dtype)
+        kernel = self.expand_conv.kernel[0, 0]  # [C_in, C_inner]
+        # BN2(W^T (s1 x + t1)) = (s1 W s2)^T x + (t1 W) s2 + t2.
+        folded = scale1[:, None] * kernel * scale2
+        bias = tf.linalg.matvec(kernel, shift1, transpose_a=True)
+        bias = bias * scale2 + shift2
+        x = _subsample_2x(inputs) if self.stride == 2 else inputs
+        shape = tf.shape(x)
+        x = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), folded)
+        x = gelu(tf.nn.bias_add(x, bias), self.gelu_approximate)
+        x = tf.reshape(x, tf.concat([shape[:3], [kernel.shape[1]]], 0))
+        depthwise = self.depthwise_conv.depthwise_kernel
+        x = tf.nn.depthwise_conv2d(
+            x, depthwise * scale3[:, None], [1, 1, 1, 1], "SAME"
+        )
+        return gelu(tf.nn.bias_add(x, shift3), self.gelu_approximate)
+
+    def call(self, inputs, training=None):
+        shortcut = inputs
+        if self.stride == 2:
+            shortcut = max_pool_2x2(shortcut)
+        if self.shortcut_proj is not None:
+            shortcut = self.shortcut_proj(shortcut)
+
+        if not training:
+            x = self._folded_inference(inputs)
+            if self.se is not None:
+                x = self.se(x)
+            return shortcut + self.project_conv(x)
+
+        x = self.pre_norm(inputs, training=training)
+        x = self.expand_conv(x)
+        x = self.expand_norm(x, training=training)
+        x = gelu(x, self.gelu_approximate, training)
+        x = self.depthwise_conv(x)
+        x = self.depthwise_norm(x, training=training)
+        x = gelu(x, self.gelu_approximate, training)
+        if self.se is not None:
+            x = self.se(x)
+        x = self.project_conv(x)
+        return shortcut + self.drop_path(x, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "width": self.width,
+            "stride": self.stride,
+            "expansion": self.expansion,
+            "se_ratio": self.se_ratio,
+            "drop_path_rate": self.drop_path_rate,
+            "gelu_approximate": self.gelu_approximate,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
+        }
+
+
+@_register
+class ClassificationHead(tf_keras.layers.Layer):
+    """Global average pooling, pre-logits and classifier (App. A.1, §5).
+
+    GAP -> LayerNorm -> [dense(pre_logits_size) -> tanh] -> dropout ->
+    dense(num_classes). The final LayerNorm normalizes the output of the
+    last pre-norm block. The classifier runs in float32 under mixed
+    precision, so logits (and the loss on them) are float32. Its kernel
+    starts at zero and its bias at `head_init_bias`.
+
+    Args:
+      num_classes: classifier width; 0 returns the features before it.
+      pre_logits_size: width of the pre-logits layer; 0 disables it.
+      dropout_rate: dropout before the classifier.
+      head_init_bias: initial classifier bias.
+      ln_epsilon: LayerNorm epsilon.
+      **kwargs: base `Layer` arguments.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        pre_logits_size: int = 0,
+        dropout_rate: float = 0.0,
+        head_init_bias: float = 0.0,
+        ln_epsilon: float = 1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.pre_logits_size = pre_logits_size
+        self.dropout_rate = dropout_rate
+        self.head_init_bias = head_init_bias
+        self.ln_epsilon = ln_epsilon
+        self.norm = tf_keras.layers.LayerNormalization(
+            epsilon=ln_epsilon, name="norm"
+        )
+        self.pre_logits = None
+        if pre_logits_size:
+            self.pre_logits = tf_keras.layers.Dense(
+                pre_logits_size,
+                activation="tanh",
+                kernel_initializer=DENSE_INIT,
+                name="pre_logits",
+            )
+        self.dropout = tf_keras.layers.Dropout(dropout_rate, name="dropout")
+        self.classifier = None
+        if num_classes:
+            self.classifier = tf_keras.layers.Dense(
+                num_classes,
+                kernel_initializer="zeros",
+                bias_initializer=tf_keras.initializers.Constant(head_init_bias),
+                dtype="float32",
+                name="classifier",
+            )
+
+    def call(self, inputs, training=None):
+        x = tf.reduce_mean(inputs, axis=[1, 2])  # [B, C]
+        x = self.norm(x)
+        if self.pre_logits is not None:
+            x = self.pre_logits(x)
+        if self.classifier is None:
+            return x
+        return self.classifier(self.dropout(x, training=training))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "pre_logits_size": self.pre_logits_size,
+            "dropout_rate": self.dropout_rate,
+            "head_init_bias": self.head_init_bias,
+            "ln_epsilon": self.ln_epsilon,
+        }

@@ -1,0 +1,235 @@
+"""Tests for the convolutional layers: stem, SE, MBConv, head, drop path."""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl.testing import parameterized
+
+import coatnet_tf
+from coatnet_tf import layers
+from tests.coatnet_tf import layer_test_harness
+
+
+class HarnessTest(layer_test_harness.LayerTestCase):
+    """Every convolutional layer through the shared harness."""
+
+    def test_conv_stem(self):
+        self.run_layer_test(
+            coatnet_tf.ConvStem,
+            dict(width=8),
+            (2, 16, 12, 3),
+            (2, 8, 6, 8),
+            call_kwargs=dict(training=False),
+            run_xla=True,
+        )
+
+    def test_squeeze_excitation(self):
+        self.run_layer_test(
+            coatnet_tf.SqueezeExcitation,
+            dict(bottleneck=2),
+            (2, 5, 4, 8),
+            (2, 5, 4, 8),
+        )
+
+    @parameterized.named_parameters(
+        ("stride1_same_width", 8, 1, (2, 6, 6, 8), (2, 6, 6, 8)),
+        ("stride2_new_width", 16, 2, (2, 6, 6, 8), (2, 3, 3, 16)),
+        ("stride2_odd_side", 8, 2, (2, 5, 7, 8), (2, 3, 4, 8)),
+    )
+    def test_mbconv(self, width, stride, input_shape, output_shape):
+        self.run_layer_test(
+            coatnet_tf.MBConvBlock,
+            dict(width=width, stride=stride, drop_path_rate=0.1),
+            input_shape,
+            output_shape,
+            call_kwargs=dict(training=False),
+            run_xla=True,
+        )
+
+    def test_stochastic_depth(self):
+        self.run_layer_test(
+            coatnet_tf.StochasticDepth,
+            dict(rate=0.5),
+            (4, 3, 3, 2),
+            (4, 3, 3, 2),
+            call_kwargs=dict(training=False),
+            bf16_atol=0.05,
+            run_xla=True,
+        )
+
+    @parameterized.named_parameters(
+        ("pre_logits", dict(num_classes=5, pre_logits_size=6), (2, 5)),
+        ("no_pre_logits", dict(num_classes=5), (2, 5)),
+        ("features_only", dict(num_classes=0, pre_logits_size=6), (2, 6)),
+    )
+    def test_classification_head(self, kwargs, output_shape):
+        layer_dtype = tf.float32 if kwargs["num_classes"] else tf.bfloat16
+        self.run_layer_test(
+            coatnet_tf.ClassificationHead,
+            dict(kwargs, dropout_rate=0.1, head_init_bias=-2.0),
+            (2, 3, 3, 8),
+            output_shape,
+            call_kwargs=dict(training=False),
+            expected_bf16_dtype=layer_dtype,
+        )
+
+
+class GradientTest(tf.test.TestCase, parameterized.TestCase):
+    """Hand-written gradients equal TensorFlow's own."""
+
+    @parameterized.parameters(
+        (2, 5, 7, 3, 4), (1, 1, 1, 2, 2), (3, 8, 6, 16, 8)
+    )
+    def test_conv3x3_kernel_gradient(self, b, h, w, c, o):
+        x = tf.random.stateless_normal([b, h, w, c], seed=[h, w])
+        kernel = tf.random.stateless_normal([3, 3, c, o], seed=[c, o])
+
+        def grads(conv):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                y = conv(x, kernel)
+                loss = tf.reduce_sum(y * tf.sin(y))
+            return tape.gradient(loss, [x, kernel])
+
+        ours = grads(layers.conv3x3_same)
+        reference = grads(lambda t, k: tf.nn.conv2d(t, k, 1, "SAME"))
+        for a, b_ in zip(ours, reference):
+            self.assertAllClose(a, b_, atol=1e-4, rtol=1e-5)
+
+    def test_conv3x3_layer(self):
+        self.assertAllEqual(coatnet_tf.ConvStem(4).conv1.kernel_size, (3, 3))
+        layer = layers.Conv3x3(4)
+        x = tf.random.stateless_normal([1, 5, 5, 2], seed=[0, 3])
+        y = layer(x)
+        self.assertAllClose(
+            y, tf.nn.conv2d(x, layer.kernel, 1, "SAME") + layer.bias
+        )
+        clone = layers.Conv3x3.from_config(layer.get_config())
+        self.assertEqual(clone.get_config(), layer.get_config())
+
+    def test_gelu_gradient(self):
+        x = tf.linspace(-6.0, 6.0, 101)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = layers.gelu(x, approximate=False, training=True)
+            plain = layers.gelu(x, approximate=False, training=False)
+            reference = tf.nn.gelu(x, approximate=False)
+        self.assertAllClose(ours, reference, atol=1e-6)
+        self.assertAllClose(plain, reference, atol=1e-6)
+        self.assertAllClose(
+            tape.gradient(ours, x), tape.gradient(reference, x), atol=1e-6
+        )
+
+
+class MBConvTest(tf.test.TestCase):
+    def test_stride_on_first_conv(self):
+        # Eq. 5: the stride sits on the first 1x1 conv, not the depthwise.
+        block = coatnet_tf.MBConvBlock(16, stride=2)
+        block(tf.zeros([1, 8, 8, 8]))
+        self.assertEqual(block.expand_conv.strides, (2, 2))
+        self.assertEqual(block.depthwise_conv.strides, (1, 1))
+        self.assertEqual(block.expand_conv.filters, 64)  # 4 x output width.
+        self.assertEqual(block.se.bottleneck, 4)  # 0.25 x output width.
+
+    def test_matches_eq5(self):
+        x = tf.random.stateless_normal([2, 6, 6, 8], seed=[4, 2])
+        block = coatnet_tf.MBConvBlock(12, stride=2)
+        block(x)
+        # Non-trivial BatchNorm statistics, so inference differs from train.
+        for norm in (block.pre_norm, block.expand_norm, block.depthwise_norm):
+            c = norm.moving_mean.shape[0]
+            norm.moving_mean.assign(tf.linspace(-0.5, 0.5, c))
+            norm.moving_variance.assign(tf.linspace(0.5, 2.0, c))
+        y = block(x, training=False)
+
+        def bn(norm, t):
+            return (t - norm.moving_mean) / tf.sqrt(
+                norm.moving_variance + norm.epsilon
+            ) * norm.gamma + norm.beta
+
+        def gelu(t):
+            return 0.5 * t * (1 + tf.math.erf(t / np.sqrt(2.0)))
+
+        pooled = tf.nn.max_pool2d(x, 2, 2, "VALID")  # Pool(x)
+        shortcut = (
+            tf.nn.conv2d(pooled, block.shortcut_proj.kernel, 1, "VALID")
+            + block.shortcut_proj.bias
+        )
+        h = bn(block.pre_norm, x)[:, ::2, ::2, :]  # 1x1 conv with stride 2.
+        h = gelu(
+            bn(
+                block.expand_norm,
+                tf.nn.conv2d(h, block.expand_conv.kernel, 1, "VALID"),
+            )
+        )
+        h = tf.nn.depthwise_conv2d(
+            h, block.depthwise_conv.depthwise_kernel, [1, 1, 1, 1], "SAME"
+        )
+        h = gelu(bn(block.depthwise_norm, h))
+        se = block.se
+        gate = tf.reduce_mean(h, [1, 2]) @ se.reduce.kernel + se.reduce.bias
+        gate = gelu(gate) @ se.expand.kernel + se.expand.bias
+        h = h * tf.sigmoid(gate)[:, None, None, :]
+        h = tf.nn.conv2d(h, block.project_conv.kernel, 1, "VALID")
+        h = h + block.project_conv.bias
+        self.assertAllClose(y, shortcut + h, atol=1e-5)
+
+    def test_identity_shortcut_without_projection(self):
+        block = coatnet_tf.MBConvBlock(8, stride=2)
+        x = tf.random.stateless_normal([1, 4, 4, 8], seed=[1, 1])
+        block(x)
+        self.assertIsNone(block.shortcut_proj)
+        # Zero the residual branch: what is left is Pool(x), a max pool.
+        block.project_conv.kernel.assign(
+            tf.zeros_like(block.project_conv.kernel)
+        )
+        block.project_conv.bias.assign(tf.zeros_like(block.project_conv.bias))
+        self.assertAllClose(block(x), tf.nn.max_pool2d(x, 2, 2, "VALID"))
+
+    def test_distinct_initial_kernels(self):
+        # Unseeded tf_keras initializer instances repeat their values; each
+        # layer must get its own.
+        a, b = coatnet_tf.MBConvBlock(8), coatnet_tf.MBConvBlock(8)
+        x = tf.zeros([1, 4, 4, 8])
+        a(x), b(x)
+        self.assertNotAllClose(a.expand_conv.kernel, b.expand_conv.kernel)
+        self.assertNotAllClose(a.project_conv.kernel, b.project_conv.kernel)
+
+
+class StochasticDepthTest(tf.test.TestCase):
+    def test_drops_whole_examples(self):
+        layer = coatnet_tf.StochasticDepth(0.25)
+        x = tf.ones([4000, 2, 3])
+        y = layer(x, training=True).numpy()
+        per_example = y.reshape(4000, -1)
+        # Each example is all zero or all 1 / (1 - rate).
+        self.assertTrue(np.all(per_example == per_example[:, :1]))
+        self.assertAllClose(np.unique(per_example), [0.0, 1.0 / 0.75])
+        kept = np.mean(per_example[:, 0] > 0)
+        self.assertBetween(kept, 0.72, 0.78)
+        self.assertAllEqual(layer(x, training=False), x)
+
+    def test_rejects_rate_one(self):
+        with self.assertRaises(ValueError):
+            coatnet_tf.StochasticDepth(1.0)
+
+
+class HeadTest(tf.test.TestCase):
+    def test_initial_logits_are_the_bias(self):
+        head = coatnet_tf.ClassificationHead(7, 6, head_init_bias=-4.0)
+        logits = head(tf.random.stateless_normal([3, 2, 2, 5], seed=[0, 0]))
+        self.assertAllClose(logits, tf.fill([3, 7], -4.0))
+
+    def test_float32_logits_under_mixed_precision(self):
+        tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            head = coatnet_tf.ClassificationHead(3, 4)
+            logits = head(tf.ones([2, 2, 2, 4]))
+        finally:
+            tf_keras.mixed_precision.set_global_policy("float32")
+        self.assertEqual(logits.dtype, tf.float32)
+        self.assertEqual(head.pre_logits.compute_dtype, "bfloat16")
+
+
+if __name__ == "__main__":
+    tf.test.main()
