@@ -202,7 +202,6 @@ def restore_from_checkpoint(
         raise ValueError("Build the model (call it once) before restoring.")
     path = _resolve(checkpoint_path)
     reader = tf.train.load_checkpoint(path)
-    shapes = reader.get_variable_to_shape_map()
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
     roots = {c.local_name: c.node_id for c in graph.nodes[0].children}
@@ -216,90 +215,93 @@ def restore_from_checkpoint(
     order = {id(v): i for i, v in enumerate(model.variables)}
     matched.sort(key=lambda m: order.get(id(m[1]), len(order)))
     report = RestoreReport(checkpoint=path)
-
-    tables = {
-        id(layer.relative_position_bias) for layer in model.attention_layers()
-    }
     classifier = model.classifier
-    head_vars = {}
+    head = {}  # id(classifier variable) -> "kernel" | "bias"
     if classifier is not None:
-        head_vars = {
-            id(classifier.kernel): "kernel",
-            id(classifier.bias): "bias",
-        }
-    matched_ids = {id(v) for _, v, _ in matched}
-    missing = [
-        p
-        for i, (p, _) in live.items()
-        if i not in matched_ids and i not in head_vars
-    ]
-    if missing:
-        raise ValueError(f"{path} lacks model variables: {missing}.")
-    used = {key for _, _, key in matched}
-    unused = [
-        k
-        for k in shapes
-        if k.startswith("model/")
-        and _SLOT_MARKER not in k
-        and k not in used
-        and k.endswith(_VALUE_ATTRIBUTE)
-    ]
-    source_head = {}
-    for key in list(unused):
-        if classifier is None and "/head/classifier/" in key:
-            report.dropped.append(key)
-            unused.remove(key)
-    if unused:
-        raise ValueError(f"{path} holds variables the model lacks: {unused}.")
+        head = {id(classifier.kernel): "kernel", id(classifier.bias): "bias"}
+    _check_coverage(path, reader, matched, live, head, report)
 
-    assignments = []
+    tables = {id(a.relative_position_bias) for a in model.attention_layers()}
+    assignments, source_head = [], {}
     for var_path, var, key in matched:
-        target = tuple(var.shape)
-        source = tuple(shapes[key])
-        if id(var) in head_vars:
-            source_head[head_vars[id(var)]] = (var_path, reader.get_tensor(key))
-            continue
         value = reader.get_tensor(key)
+        source, target = tuple(value.shape), tuple(var.shape)
+        if id(var) in head:
+            source_head[head[id(var)]] = value
+            continue
         if id(var) in tables:
-            heads, rows, cols = target
-            if source[0] != heads:
-                raise ValueError(
-                    f"{key} in {path} has {source[0]} heads; {var_path} has "
-                    f"{heads}."
-                )
-            relative_position.source_grid_size(source)  # Validates.
-            value = relative_position.resize_relative_position_bias(
-                value, (rows + 1) // 2, (cols + 1) // 2
-            )
+            value = _resized_table(path, key, var_path, value, target)
             if source != target:
                 report.resized.append((var_path, source, target))
-                assignments.append((var, value))
-                continue
         elif source != target:
             raise ValueError(
                 f"{key} in {path} has shape {list(source)}; {var_path} in "
                 f"the model has {list(target)}."
             )
-        report.restored.append(var_path)
+        if source == target:
+            report.restored.append(var_path)
         assignments.append((var, value))
 
     if classifier is not None:
-        kernel = source_head.get("kernel", (None, None))[1]
-        bias = source_head.get("bias", (None, None))[1]
-        same = kernel is not None and kernel.shape == tuple(
-            classifier.kernel.shape
-        )
-        paths = [live[id(classifier.kernel)][0], live[id(classifier.bias)][0]]
-        if same and head_rows is None:
+        paths = [live[i][0] for i in head]
+        kernel, bias = source_head.get("kernel"), source_head.get("bias")
+        if (
+            head_rows is None
+            and kernel is not None
+            and kernel.shape == tuple(classifier.kernel.shape)
+        ):
             report.restored.extend(paths)
-            values = kernel, bias
         else:
-            values = _classifier_values(
+            kernel, bias = _classifier_values(
                 model, kernel, bias, head_rows, path, report, paths
             )
-        assignments += list(zip([classifier.kernel, classifier.bias], values))
+        assignments += [(classifier.kernel, kernel), (classifier.bias, bias)]
 
     for var, value in assignments:
         var.assign(tf.cast(value, var.dtype))
     logging.info("Restored %s", report.summary())
     return report
+
+
+def _check_coverage(path, reader, matched, live, head, report) -> None:
+    """Raises unless model and checkpoint hold the same variables.
+
+    The classifier may differ (re-initialized when absent from the
+    checkpoint; a source classifier is dropped when the model has none).
+    """
+    matched_ids = {id(v) for _, v, _ in matched}
+    missing = [
+        p for i, (p, _) in live.items() if i not in matched_ids | set(head)
+    ]
+    if missing:
+        raise ValueError(f"{path} lacks model variables: {missing}.")
+    used = {key for _, _, key in matched}
+    unused = []
+    for key in reader.get_variable_to_shape_map():
+        if (
+            not key.startswith("model/")
+            or not key.endswith(_VALUE_ATTRIBUTE)
+            or _SLOT_MARKER in key
+            or key in used
+        ):
+            continue
+        if not head and "/head/classifier/" in key:
+            report.dropped.append(key)
+        else:
+            unused.append(key)
+    if unused:
+        raise ValueError(f"{path} holds variables the model lacks: {unused}.")
+
+
+def _resized_table(path, key, var_path, value, target) -> np.ndarray:
+    """A stored bias table resized to the model's grid (App. A.1)."""
+    if value.ndim != 3 or value.shape[0] != target[0]:
+        raise ValueError(
+            f"{key} in {path} has shape {list(value.shape)}; {var_path} "
+            f"needs a [{target[0]}, 2h - 1, 2w - 1] table."
+        )
+    relative_position.source_grid_size(value.shape)  # Odd sizes only.
+    height, width = (target[1] + 1) // 2, (target[2] + 1) // 2
+    return np.asarray(
+        relative_position.resize_relative_position_bias(value, height, width)
+    )

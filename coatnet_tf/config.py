@@ -86,6 +86,9 @@ class CoAtNetConfig:
         exact erf form (the paper does not say which).
       bn_momentum: BatchNorm moving-average momentum.
       bn_epsilon: BatchNorm epsilon.
+      sync_batch_norm: compute BatchNorm batch statistics over all replicas
+        of the distribution strategy instead of per replica, for small
+        per-core batches (e.g. large models on TPU pods).
       ln_epsilon: LayerNorm epsilon.
     """
 
@@ -106,6 +109,7 @@ class CoAtNetConfig:
     gelu_approximate: bool = False
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
+    sync_batch_norm: bool = False
     ln_epsilon: float = 1e-5
 
     def __post_init__(self):

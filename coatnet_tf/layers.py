@@ -9,8 +9,8 @@ made here and marked "Open choice":
 - MBConv: expansion and squeeze-excitation widths are taken from the
   block's output channels, and its shortcut pool is a 2x2 max pool, the
   pool of Eq. 4.
-- Initializers: convolutions use He-style fan-out truncated normal (as in
-  EfficientNet); dense layers Glorot uniform; the classifier kernel zero.
+- Initializers: convolutions use a He-style fan-out truncated normal;
+  dense layers Glorot uniform; the classifier kernel zero.
 """
 
 from __future__ import annotations
@@ -18,134 +18,9 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-DENSE_INIT = "glorot_uniform"  # A name: each layer gets its own instance.
-
-
-def conv_init() -> tf_keras.initializers.Initializer:
-    """He-style fan-out init; a new instance per layer, since an unseeded
-    tf_keras initializer instance repeats its values on every call."""
-    return tf_keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="truncated_normal"
-    )
-
+from coatnet_tf import ops
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
-
-
-_SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
-_INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
-
-
-@tf.custom_gradient
-def _gelu_exact_for_training(x: tf.Tensor) -> tf.Tensor:
-    # Keeps x, x / sqrt(2) and Phi(x) for the backward pass, which then
-    # takes 5 element-wise passes where autodiff of the formula takes 9.
-    u = x * _SQRT_HALF
-    cdf = 0.5 + 0.5 * tf.math.erf(u)  # Phi(x)
-
-    def grad(dy):
-        # d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-u^2) / sqrt(2 pi);
-        # square, negate and exp fuse into one pass on CPU.
-        pdf = tf.exp(-tf.square(u))
-        return dy * (cdf + x * pdf * _INV_SQRT_2PI)
-
-    return x * cdf, grad
-
-
-def gelu(x: tf.Tensor, approximate: bool, training=False) -> tf.Tensor:
-    """GELU (App. A.1), exact erf form or its tanh approximation.
-
-    Args:
-      x: input of any float dtype.
-      approximate: use the tanh approximation.
-      training: use the exact form's hand-written gradient. Inference keeps
-        the plain formula, which oneDNN fuses into a preceding matmul.
-
-    Returns:
-      x * Phi(x), same shape and dtype.
-    """
-    if approximate:
-        return tf.nn.gelu(x, approximate=True)
-    if training:
-        return _gelu_exact_for_training(x)
-    # 0.5 x (1 + erf(x / sqrt(2))). Written with erf because `tf.nn.gelu`
-    # uses erfc, whose CPU kernel is ~3x slower than erf's.
-    return 0.5 * x * (1.0 + tf.math.erf(x * _SQRT_HALF))
-
-
-def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:
-    """The stride-2 max pool of Eq. 4 and 5; odd sides round up."""
-    return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="SAME")
-
-
-def _conv3x3_kernel_grad(x: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
-    """Kernel gradient of a 3x3, stride-1, SAME conv, as 9 matmuls.
-
-    Flatten the zero-padded input [B, H + 2, W + 2, C] row-major: output
-    pixel p of a tap (kh, kw) reads input pixel p + s, s = kh (W + 2) + kw,
-    a fixed offset. Pad dy to the same grid (zero rows and columns at the
-    end), so the tap's gradient is x_flat[s:]^T dy_flat[:n - s]: one matmul
-    on a contiguous slice (no copy), never mixing images, because a valid
-    p + s stays inside p's padded image. oneDNN's own backward-weights
-    kernel runs these shapes (tiny C, large H x W) ~4x below matmul speed.
-
-    Args:
-      x: conv input [B, H, W, C].
-      dy: gradient of the conv output [B, H, W, O].
-
-    Returns:
-      [3, 3, C, O], the kernel gradient.
-    """
-    c, o = x.shape[-1], dy.shape[-1]
-    width = x.shape[2] + 2
-    x_flat = tf.reshape(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), [-1, c])
-    dy_flat = tf.reshape(tf.pad(dy, [[0, 0], [0, 2], [0, 2], [0, 0]]), [-1, o])
-    n = tf.shape(x_flat)[0]
-    taps = []
-    for kh in range(3):
-        for kw in range(3):
-            s = kh * width + kw
-            taps.append(
-                tf.matmul(x_flat[s:], dy_flat[: n - s], transpose_a=True)
-            )
-    return tf.reshape(tf.stack(taps), [3, 3, c, o])
-
-
-@tf.custom_gradient
-def conv3x3_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """3x3, stride-1, SAME conv2d with a matmul-based kernel gradient."""
-    y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
-
-    def grad(dy):
-        dx = tf.nn.conv2d_transpose(
-            dy, kernel, tf.shape(x), strides=1, padding="SAME"
-        )
-        return dx, _conv3x3_kernel_grad(x, dy)
-
-    return y, grad
-
-
-@_register
-class Conv3x3(tf_keras.layers.Conv2D):
-    """`Conv2D(filters, 3, padding="same")` with a faster kernel gradient.
-
-    Same variables and outputs as the Keras layer; only the backward pass
-    differs (`conv3x3_same`). Used for the stride-1 stem conv, the largest
-    3x3 conv of the model (the second conv of S0 at half resolution).
-
-    Args:
-      filters: output channels.
-      **kwargs: other `Conv2D` arguments; kernel size, padding, strides and
-        dilation are fixed.
-    """
-
-    def __init__(self, filters: int, **kwargs):
-        for fixed in ("kernel_size", "padding", "strides", "dilation_rate"):
-            kwargs.pop(fixed, None)
-        super().__init__(filters, 3, padding="same", **kwargs)
-
-    def convolution_op(self, inputs, kernel):
-        return conv3x3_same(inputs, tf.convert_to_tensor(kernel))
 
 
 @_register
@@ -191,6 +66,8 @@ class ConvStem(tf_keras.layers.Layer):
       gelu_approximate: tanh-approximate GELU.
       bn_momentum: BatchNorm momentum.
       bn_epsilon: BatchNorm epsilon.
+      sync_batch_norm: all-reduce batch statistics over the replicas of
+        a distribution strategy (small per-core batches on TPU pods).
       **kwargs: base `Layer` arguments.
     """
 
@@ -200,6 +77,7 @@ class ConvStem(tf_keras.layers.Layer):
         gelu_approximate: bool = False,
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
+        sync_batch_norm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -207,24 +85,45 @@ class ConvStem(tf_keras.layers.Layer):
         self.gelu_approximate = gelu_approximate
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.sync_batch_norm = sync_batch_norm
         self.conv0 = tf_keras.layers.Conv2D(
             width,
             3,
             strides=2,
             padding="same",
-            kernel_initializer=conv_init(),
+            kernel_initializer=ops.conv_init(),
             name="conv0",
         )
         self.norm0 = tf_keras.layers.BatchNormalization(
-            momentum=bn_momentum, epsilon=bn_epsilon, name="norm0"
+            momentum=bn_momentum,
+            epsilon=bn_epsilon,
+            synchronized=sync_batch_norm,
+            name="norm0",
         )
-        self.conv1 = Conv3x3(
-            width, kernel_initializer=conv_init(), name="conv1"
+        self.conv1 = ops.Conv3x3(
+            width, kernel_initializer=ops.conv_init(), name="conv1"
         )
 
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        # Built here: inference folds norm0 into conv0 and skips calling it.
+        with tf.name_scope(self.conv0.name):
+            self.conv0.build(input_shape)
+        with tf.name_scope(self.norm0.name):
+            self.norm0.build(input_shape[:-1].concatenate([self.width]))
+        super().build(input_shape)
+
     def call(self, inputs, training=None):
-        x = self.norm0(self.conv0(inputs), training=training)
-        return self.conv1(gelu(x, self.gelu_approximate, training))
+        if training:
+            x = self.norm0(self.conv0(inputs), training=training)
+        else:
+            # Moving statistics make norm0 affine: fold it into conv0.
+            scale, shift = ops.batch_norm_affine(self.norm0, inputs.dtype)
+            x = tf.nn.conv2d(
+                inputs, self.conv0.kernel * scale, strides=2, padding="SAME"
+            )
+            x = tf.nn.bias_add(x, self.conv0.bias * scale + shift)
+        return self.conv1(ops.gelu(x, self.gelu_approximate, training))
 
     def get_config(self):
         return {
@@ -233,6 +132,7 @@ class ConvStem(tf_keras.layers.Layer):
             "gelu_approximate": self.gelu_approximate,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "sync_batch_norm": self.sync_batch_norm,
         }
 
 
@@ -255,19 +155,23 @@ class SqueezeExcitation(tf_keras.layers.Layer):
         self.bottleneck = bottleneck
         self.gelu_approximate = gelu_approximate
         self.reduce = tf_keras.layers.Dense(
-            bottleneck, kernel_initializer=DENSE_INIT, name="reduce"
+            bottleneck, kernel_initializer=ops.DENSE_INIT, name="reduce"
         )
         self.expand = None
 
     def build(self, input_shape):
         self.expand = tf_keras.layers.Dense(
-            int(input_shape[-1]), kernel_initializer=DENSE_INIT, name="expand"
+            int(input_shape[-1]),
+            kernel_initializer=ops.DENSE_INIT,
+            name="expand",
         )
         super().build(input_shape)
 
     def call(self, inputs):
         squeezed = tf.reduce_mean(inputs, axis=[1, 2])  # [B, C]
-        gate = self.expand(gelu(self.reduce(squeezed), self.gelu_approximate))
+        gate = self.expand(
+            ops.gelu(self.reduce(squeezed), self.gelu_approximate)
+        )
         return inputs * tf.sigmoid(gate)[:, None, None, :]
 
     def get_config(self):
@@ -276,23 +180,6 @@ class SqueezeExcitation(tf_keras.layers.Layer):
             "bottleneck": self.bottleneck,
             "gelu_approximate": self.gelu_approximate,
         }
-
-
-def _subsample_2x(x: tf.Tensor) -> tf.Tensor:
-    """x[:, ::2, ::2, :]: the pixels a 1x1 conv of stride 2 reads."""
-    _, h, w, c = x.shape
-    if h % 2 or w % 2:
-        return x[:, ::2, ::2, :]
-    # The same pixels as a plain slice of a reshape: ~10x faster on CPU than
-    # a strided slice.
-    return tf.reshape(x, [-1, h // 2, 2, w // 2, 2, c])[:, :, 0, :, 0, :]
-
-
-def _batch_norm_affine(norm, dtype) -> tuple[tf.Tensor, tf.Tensor]:
-    """(scale, shift) with norm(x) = x * scale + shift at inference."""
-    scale = norm.gamma * tf.math.rsqrt(norm.moving_variance + norm.epsilon)
-    shift = norm.beta - norm.moving_mean * scale
-    return tf.cast(scale, dtype), tf.cast(shift, dtype)
 
 
 @_register
@@ -314,6 +201,8 @@ class MBConvBlock(tf_keras.layers.Layer):
       gelu_approximate: tanh-approximate GELU.
       bn_momentum: BatchNorm momentum.
       bn_epsilon: BatchNorm epsilon.
+      sync_batch_norm: all-reduce batch statistics over the replicas of
+        a distribution strategy (small per-core batches on TPU pods).
       **kwargs: base `Layer` arguments.
     """
 
@@ -327,6 +216,7 @@ class MBConvBlock(tf_keras.layers.Layer):
         gelu_approximate: bool = False,
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
+        sync_batch_norm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -340,10 +230,14 @@ class MBConvBlock(tf_keras.layers.Layer):
         self.gelu_approximate = gelu_approximate
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.sync_batch_norm = sync_batch_norm
 
         def norm(name):
             return tf_keras.layers.BatchNormalization(
-                momentum=bn_momentum, epsilon=bn_epsilon, name=name
+                momentum=bn_momentum,
+                epsilon=bn_epsilon,
+                synchronized=sync_batch_norm,
+                name=name,
             )
 
         inner = width * expansion
@@ -353,7 +247,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             1,
             strides=stride,
             use_bias=False,  # A BatchNorm follows.
-            kernel_initializer=conv_init(),
+            kernel_initializer=ops.conv_init(),
             name="expand_conv",
         )
         self.expand_norm = norm("expand_norm")
@@ -361,7 +255,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             3,
             padding="same",
             use_bias=False,
-            depthwise_initializer=conv_init(),
+            depthwise_initializer=ops.conv_init(),
             name="depthwise_conv",
         )
         self.depthwise_norm = norm("depthwise_norm")
@@ -372,7 +266,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             else None
         )
         self.project_conv = tf_keras.layers.Conv2D(
-            width, 1, kernel_initializer=conv_init(), name="project_conv"
+            width, 1, kernel_initializer=ops.conv_init(), name="project_conv"
         )
         self.drop_path = StochasticDepth(drop_path_rate, name="drop_path")
         self.shortcut_proj = None
@@ -383,7 +277,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             self.shortcut_proj = tf_keras.layers.Conv2D(
                 self.width,
                 1,
-                kernel_initializer=conv_init(),
+                kernel_initializer=ops.conv_init(),
                 name="shortcut_proj",
             )
         # Every sublayer is built here, because inference may skip calling
@@ -409,29 +303,29 @@ class MBConvBlock(tf_keras.layers.Layer):
         depthwise_norm folds into the depthwise kernel plus a bias.
         """
         dtype = inputs.dtype
-        scale1, shift1 = _batch_norm_affine(self.pre_norm, dtype)
-        scale2, shift2 = _batch_norm_affine(self.expand_norm, dtype)
-        scale3, shift3 = _batch_norm_affine(self.depthwise_norm, dtype)
+        scale1, shift1 = ops.batch_norm_affine(self.pre_norm, dtype)
+        scale2, shift2 = ops.batch_norm_affine(self.expand_norm, dtype)
+        scale3, shift3 = ops.batch_norm_affine(self.depthwise_norm, dtype)
         kernel = self.expand_conv.kernel[0, 0]  # [C_in, C_inner]
         # BN2(W^T (s1 x + t1)) = (s1 W s2)^T x + (t1 W) s2 + t2.
         folded = scale1[:, None] * kernel * scale2
         bias = tf.linalg.matvec(kernel, shift1, transpose_a=True)
         bias = bias * scale2 + shift2
-        x = _subsample_2x(inputs) if self.stride == 2 else inputs
+        x = ops.subsample_2x(inputs) if self.stride == 2 else inputs
         shape = tf.shape(x)
         x = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), folded)
-        x = gelu(tf.nn.bias_add(x, bias), self.gelu_approximate)
+        x = ops.gelu(tf.nn.bias_add(x, bias), self.gelu_approximate)
         x = tf.reshape(x, tf.concat([shape[:3], [kernel.shape[1]]], 0))
         depthwise = self.depthwise_conv.depthwise_kernel
         x = tf.nn.depthwise_conv2d(
             x, depthwise * scale3[:, None], [1, 1, 1, 1], "SAME"
         )
-        return gelu(tf.nn.bias_add(x, shift3), self.gelu_approximate)
+        return ops.gelu(tf.nn.bias_add(x, shift3), self.gelu_approximate)
 
     def call(self, inputs, training=None):
         shortcut = inputs
         if self.stride == 2:
-            shortcut = max_pool_2x2(shortcut)
+            shortcut = ops.max_pool_2x2(shortcut)
         if self.shortcut_proj is not None:
             shortcut = self.shortcut_proj(shortcut)
 
@@ -444,10 +338,10 @@ class MBConvBlock(tf_keras.layers.Layer):
         x = self.pre_norm(inputs, training=training)
         x = self.expand_conv(x)
         x = self.expand_norm(x, training=training)
-        x = gelu(x, self.gelu_approximate, training)
+        x = ops.gelu(x, self.gelu_approximate, training)
         x = self.depthwise_conv(x)
         x = self.depthwise_norm(x, training=training)
-        x = gelu(x, self.gelu_approximate, training)
+        x = ops.gelu(x, self.gelu_approximate, training)
         if self.se is not None:
             x = self.se(x)
         x = self.project_conv(x)
@@ -464,6 +358,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             "gelu_approximate": self.gelu_approximate,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "sync_batch_norm": self.sync_batch_norm,
         }
 
 
@@ -509,7 +404,7 @@ class ClassificationHead(tf_keras.layers.Layer):
             self.pre_logits = tf_keras.layers.Dense(
                 pre_logits_size,
                 activation="tanh",
-                kernel_initializer=DENSE_INIT,
+                kernel_initializer=ops.DENSE_INIT,
                 name="pre_logits",
             )
         self.dropout = tf_keras.layers.Dropout(dropout_rate, name="dropout")

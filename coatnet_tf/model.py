@@ -53,6 +53,7 @@ class CoAtNet(tf_keras.Model):
             gelu_approximate=config.gelu_approximate,
             bn_momentum=config.bn_momentum,
             bn_epsilon=config.bn_epsilon,
+            sync_batch_norm=config.sync_batch_norm,
             name="stem",
         )
         rates = iter(config.drop_path_rates())
@@ -72,6 +73,7 @@ class CoAtNet(tf_keras.Model):
                         gelu_approximate=config.gelu_approximate,
                         bn_momentum=config.bn_momentum,
                         bn_epsilon=config.bn_epsilon,
+                        sync_batch_norm=config.sync_batch_norm,
                         name=name,
                     )
                 else:
@@ -181,7 +183,7 @@ def create_model(
       **overrides: other `CoAtNetConfig` fields, e.g. `drop_path_rate`,
         `dropout_rate`, `head_init_bias`, `pre_logits`, `pre_logits_size`,
         `head_size`, `gelu_approximate`, `bn_momentum`, `bn_epsilon`,
-        `ln_epsilon` (see `CoAtNetConfig` for each).
+        `sync_batch_norm`, `ln_epsilon` (see `CoAtNetConfig` for each).
 
     Returns:
       A `CoAtNet`.

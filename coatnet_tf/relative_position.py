@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf.layers import DENSE_INIT
+from coatnet_tf.ops import DENSE_INIT
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
 
@@ -136,8 +136,14 @@ def resize_relative_position_bias(table, height: int, width: int):
 
 
 def bias_table_init() -> tf_keras.initializers.Initializer:
-    """Open choice: near zero but not zero (timm's choice), so heads differ
-    from the first step. A new instance per table (see `conv_init`)."""
+    """Initializer of a relative bias table.
+
+    Open choice: a small truncated normal rather than zeros, so heads differ
+    from the first step. A new instance per table (see `conv_init`).
+
+    Returns:
+      `TruncatedNormal(stddev=0.02)`.
+    """
     return tf_keras.initializers.TruncatedNormal(stddev=0.02)
 
 

@@ -12,12 +12,8 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf.layers import (
-    DENSE_INIT,
-    StochasticDepth,
-    gelu,
-    max_pool_2x2,
-)
+from coatnet_tf.layers import StochasticDepth
+from coatnet_tf.ops import DENSE_INIT, gelu, max_pool_2x2
 from coatnet_tf.relative_position import RelativeAttention
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
@@ -58,7 +54,9 @@ class FeedForward(tf_keras.layers.Layer):
         shape = tf.shape(inputs)
         x = tf.reshape(inputs, [-1, inputs.shape[-1]])  # 2D for one matmul.
         x = self.shrink(gelu(self.expand(x), self.gelu_approximate, training))
-        return tf.reshape(x, tf.concat([shape[:-1], [self.hidden_size]], 0))
+        x = tf.reshape(x, tf.concat([shape[:-1], [self.hidden_size]], 0))
+        x.set_shape(inputs.shape[:-1].concatenate([self.hidden_size]))
+        return x
 
     def get_config(self):
         return {

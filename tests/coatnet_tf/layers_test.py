@@ -6,7 +6,7 @@ import tf_keras
 from absl.testing import parameterized
 
 import coatnet_tf
-from coatnet_tf import layers
+from coatnet_tf import ops
 from tests.coatnet_tf import layer_test_harness
 
 
@@ -91,34 +91,53 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
                 loss = tf.reduce_sum(y * tf.sin(y))
             return tape.gradient(loss, [x, kernel])
 
-        ours = grads(layers.conv3x3_same)
+        ours = grads(ops.conv3x3_same)
         reference = grads(lambda t, k: tf.nn.conv2d(t, k, 1, "SAME"))
         for a, b_ in zip(ours, reference):
             self.assertAllClose(a, b_, atol=1e-4, rtol=1e-5)
 
     def test_conv3x3_layer(self):
         self.assertAllEqual(coatnet_tf.ConvStem(4).conv1.kernel_size, (3, 3))
-        layer = layers.Conv3x3(4)
+        layer = ops.Conv3x3(4)
         x = tf.random.stateless_normal([1, 5, 5, 2], seed=[0, 3])
         y = layer(x)
         self.assertAllClose(
             y, tf.nn.conv2d(x, layer.kernel, 1, "SAME") + layer.bias
         )
-        clone = layers.Conv3x3.from_config(layer.get_config())
+        clone = ops.Conv3x3.from_config(layer.get_config())
         self.assertEqual(clone.get_config(), layer.get_config())
 
     def test_gelu_gradient(self):
         x = tf.linspace(-6.0, 6.0, 101)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
-            ours = layers.gelu(x, approximate=False, training=True)
-            plain = layers.gelu(x, approximate=False, training=False)
+            ours = ops.gelu(x, approximate=False, training=True)
+            plain = ops.gelu(x, approximate=False, training=False)
             reference = tf.nn.gelu(x, approximate=False)
         self.assertAllClose(ours, reference, atol=1e-6)
         self.assertAllClose(plain, reference, atol=1e-6)
         self.assertAllClose(
             tape.gradient(ours, x), tape.gradient(reference, x), atol=1e-6
         )
+
+
+class StemTest(tf.test.TestCase):
+    def test_inference_matches_conv_norm_gelu_conv(self):
+        stem = coatnet_tf.ConvStem(8)
+        x = tf.random.stateless_normal([2, 10, 6, 3], seed=[6, 1])
+        stem(x)
+        norm = stem.norm0
+        norm.moving_mean.assign(tf.linspace(-1.0, 1.0, 8))
+        norm.moving_variance.assign(tf.linspace(0.5, 3.0, 8))
+        norm.gamma.assign(tf.linspace(0.5, 1.5, 8))
+        norm.beta.assign(tf.linspace(-0.2, 0.2, 8))
+        h = tf.nn.conv2d(x, stem.conv0.kernel, 2, "SAME") + stem.conv0.bias
+        h = (h - norm.moving_mean) / tf.sqrt(
+            norm.moving_variance + norm.epsilon
+        ) * norm.gamma + norm.beta
+        h = tf.nn.gelu(h, approximate=False)
+        h = tf.nn.conv2d(h, stem.conv1.kernel, 1, "SAME") + stem.conv1.bias
+        self.assertAllClose(stem(x, training=False), h, atol=1e-5)
 
 
 class MBConvTest(tf.test.TestCase):

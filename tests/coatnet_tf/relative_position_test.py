@@ -8,9 +8,9 @@ from absl.testing import parameterized
 
 import coatnet_tf
 
-# The 3x3 worked example of the seed note, with its row 7 corrected
-# ("... 17 16 15 12 ...", the note has a slip: "... 17 16 13 12 ...").
-SEED_3X3 = np.array(
+# The 3x3 grid worked out by hand: positions 1..9 row-major, entry (i, j) =
+# (r_i - r_j + 2) * 5 + (c_i - c_j + 2).
+HAND_WORKED_3X3 = np.array(
     [
         [12, 11, 10, 7, 6, 5, 2, 1, 0],
         [13, 12, 11, 8, 7, 6, 3, 2, 1],
@@ -66,8 +66,10 @@ class RelativePositionIndexTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(index.shape, (height * width, height * width))
         self.assertAllEqual(index, brute_force_index(height, width))
 
-    def test_seed_note_3x3(self):
-        self.assertAllEqual(coatnet_tf.relative_position_index(3, 3), SEED_3X3)
+    def test_hand_worked_3x3(self):
+        self.assertAllEqual(
+            coatnet_tf.relative_position_index(3, 3), HAND_WORKED_3X3
+        )
 
     @parameterized.parameters((4, 3), (2, 5))
     def test_range_and_diagonal(self, height, width):
