@@ -86,11 +86,9 @@ class ConvStem(tf_keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.sync_batch_norm = sync_batch_norm
-        self.conv0 = tf_keras.layers.Conv2D(
+        self.conv0 = ops.Conv3x3(
             width,
-            3,
             strides=2,
-            padding="same",
             kernel_initializer=ops.conv_init(),
             name="conv0",
         )
@@ -242,9 +240,9 @@ class MBConvBlock(tf_keras.layers.Layer):
 
         inner = width * expansion
         self.pre_norm = norm("pre_norm")
-        self.expand_conv = tf_keras.layers.Conv2D(
+        # 1x1 convs run as matmuls (ops.conv1x1): same variables.
+        self.expand_conv = ops.Conv1x1(
             inner,
-            1,
             strides=stride,
             use_bias=False,  # A BatchNorm follows.
             kernel_initializer=ops.conv_init(),
@@ -265,8 +263,8 @@ class MBConvBlock(tf_keras.layers.Layer):
             if squeeze
             else None
         )
-        self.project_conv = tf_keras.layers.Conv2D(
-            width, 1, kernel_initializer=ops.conv_init(), name="project_conv"
+        self.project_conv = ops.Conv1x1(
+            width, kernel_initializer=ops.conv_init(), name="project_conv"
         )
         self.drop_path = StochasticDepth(drop_path_rate, name="drop_path")
         self.shortcut_proj = None
@@ -274,9 +272,8 @@ class MBConvBlock(tf_keras.layers.Layer):
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
         if int(input_shape[-1]) != self.width:
-            self.shortcut_proj = tf_keras.layers.Conv2D(
+            self.shortcut_proj = ops.Conv1x1(
                 self.width,
-                1,
                 kernel_initializer=ops.conv_init(),
                 name="shortcut_proj",
             )

@@ -1,7 +1,8 @@
 """Numerical primitives shared by the CoAtNet layers.
 
-GELU with a hand-written training gradient; a 3x3 convolution whose kernel
-gradient runs as matmuls, and its layer `Conv3x3`; BatchNorm folding and
+GELU with a hand-written training gradient; 3x3 convolutions whose
+gradients run as matmuls and forward convs (layer `Conv3x3`); the 1x1
+convolution as one matmul (layer `Conv1x1`); BatchNorm folding and
 2x2 subsampling for inference; the stride-2 max pool of Eq. 4 and 5; and
 the initializers. Most exist because a profile of CoAtNet steps on CPU
 showed the generic op slower (each docstring says by how much).
@@ -35,21 +36,33 @@ _SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
 
 
+# The training GELU runs as two XLA-fused element-wise kernels, each one
+# pass over memory; unfused, TF's CPU kernels take ~9 passes over the
+# activations of S1 and S2 (4 bytes x 19M elements per S1 tensor at batch
+# 16), and fusing halved its forward plus backward time. Training graphs
+# only: inference keeps plain ops, which oneDNN fuses into the preceding
+# matmul and which TF Serving runs without an XLA JIT.
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+def _gelu_forward(x: tf.Tensor) -> tf.Tensor:
+    return x * (0.5 + 0.5 * tf.math.erf(x * _SQRT_HALF))
+
+
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+def _gelu_backward(x: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
+    # d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+    u = x * _SQRT_HALF
+    cdf = 0.5 + 0.5 * tf.math.erf(u)
+    return dy * (cdf + x * tf.exp(-tf.square(u)) * _INV_SQRT_2PI)
+
+
 @tf.custom_gradient
 def _gelu_exact_for_training(x: tf.Tensor) -> tf.Tensor:
-    # Keeps x, x / sqrt(2) and Phi(x) for the backward pass, which then
-    # takes 5 element-wise passes, about half of what autodiff of the
-    # formula takes.
-    u = x * _SQRT_HALF
-    cdf = 0.5 + 0.5 * tf.math.erf(u)  # Phi(x)
-
+    # Keeps only x for the backward pass, which recomputes Phi(x) inside
+    # its fused kernel instead of reading a stored copy.
     def grad(dy):
-        # d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-u^2) / sqrt(2 pi);
-        # square, negate and exp fuse into one pass on CPU.
-        pdf = tf.exp(-tf.square(u))
-        return dy * (cdf + x * pdf * _INV_SQRT_2PI)
+        return _gelu_backward(x, dy)
 
-    return x * cdf, grad
+    return _gelu_forward(x), grad
 
 
 def gelu(x: tf.Tensor, approximate: bool, training=False) -> tf.Tensor:
@@ -58,8 +71,9 @@ def gelu(x: tf.Tensor, approximate: bool, training=False) -> tf.Tensor:
     Args:
       x: input of any float dtype.
       approximate: use the tanh approximation.
-      training: use the exact form's hand-written gradient. Inference keeps
-        the plain formula, which oneDNN fuses into a preceding matmul.
+      training: use the exact form's XLA-fused kernels and hand-written
+        gradient. Inference keeps the plain formula, which oneDNN fuses
+        into a preceding matmul.
 
     Returns:
       x * Phi(x), same shape and dtype.
@@ -111,18 +125,93 @@ def conv3x3_kernel_grad(x: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.stack(taps), [3, 3, c, o])
 
 
+def conv3x3_input_grad(dy: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """Input gradient of a 3x3, stride-1, SAME conv, as a forward conv.
+
+    With one pixel of padding on every side, the gradient is the forward
+    conv of dy with the kernel turned 180 degrees and its channel axes
+    swapped. Written so, it runs as the fast forward conv kernel; TF's own
+    `Conv2DBackpropInput` has no oneDNN kernel for bfloat16 on CPUs without
+    AVX-512, and its Eigen fallback ran ~25x below the matmul rate there.
+
+    Args:
+      dy: gradient of the conv output [B, H, W, O].
+      kernel: [3, 3, C, O].
+
+    Returns:
+      [B, H, W, C], the input gradient.
+    """
+    flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
+    return tf.nn.conv2d(dy, flipped, strides=1, padding="SAME")
+
+
 @tf.custom_gradient
 def conv3x3_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """3x3, stride-1, SAME conv2d with a matmul-based kernel gradient."""
+    """3x3, stride-1, SAME conv2d with matmul/conv-based gradients."""
     y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
 
     def grad(dy):
-        dx = tf.nn.conv2d_transpose(
-            dy, kernel, tf.shape(x), strides=1, padding="SAME"
-        )
-        return dx, conv3x3_kernel_grad(x, dy)
+        return conv3x3_input_grad(dy, kernel), conv3x3_kernel_grad(x, dy)
 
     return y, grad
+
+
+@tf.custom_gradient
+def conv3x3_stride2(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """3x3, stride-2, SAME conv2d whose kernel gradient is one matmul.
+
+    For the first conv of the stem, whose input is the image: its 3x3
+    patches ([B, H/2, W/2, 9 C], C = 3) are small, and patches^T dy is one
+    matmul instead of `Conv2DBackpropFilter`, which runs a 3-channel input
+    far below the matmul rate (and ~40x below it in bfloat16 without
+    AVX-512). The input gradient keeps TF's op; when x is the image it has
+    no consumer and the graph drops it.
+    """
+    y = tf.nn.conv2d(x, kernel, strides=2, padding="SAME")
+
+    def grad(dy):
+        dx = tf.nn.conv2d_transpose(
+            dy, kernel, tf.shape(x), strides=2, padding="SAME"
+        )
+        # Same SAME padding rule as conv2d; patch order is (kh, kw, c), the
+        # order of kernel.reshape([9 C, O]).
+        patches = tf.image.extract_patches(
+            x, [1, 3, 3, 1], [1, 2, 2, 1], [1, 1, 1, 1], "SAME"
+        )
+        depth, out = patches.shape[-1], dy.shape[-1]
+        dk = tf.matmul(
+            tf.reshape(patches, [-1, depth]),
+            tf.reshape(dy, [-1, out]),
+            transpose_a=True,
+        )
+        return dx, tf.reshape(dk, kernel.shape)
+
+    return y, grad
+
+
+def conv1x1(x: tf.Tensor, kernel: tf.Tensor, stride: int = 1) -> tf.Tensor:
+    """A 1x1 conv (stride 1 or 2, no padding) as one matmul over pixels.
+
+    The same values as `tf.nn.conv2d`; as a matmul its gradients are
+    matmuls too. TF's CPU conv backprop ops fall far below the matmul rate
+    for 1x1 kernels (oneDNN ~2x in float32; Eigen's bfloat16 fallback on
+    CPUs without AVX-512 ~25x).
+
+    Args:
+      x: [B, H, W, C].
+      kernel: [1, 1, C, O].
+      stride: 1, or 2 to read x[:, ::2, ::2] (odd sides round up).
+
+    Returns:
+      [B, ceil(H / stride), ceil(W / stride), O].
+    """
+    if stride == 2:
+        x = subsample_2x(x)
+    shape = tf.shape(x)
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel[0, 0])
+    y = tf.reshape(y, tf.concat([shape[:3], [kernel.shape[-1]]], 0))
+    y.set_shape(x.shape[:3].concatenate([kernel.shape[-1]]))
+    return y
 
 
 def batch_norm_affine(norm, dtype) -> tuple[tf.Tensor, tf.Tensor]:
@@ -142,24 +231,81 @@ def subsample_2x(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, [-1, h // 2, 2, w // 2, 2, c])[:, :, 0, :, 0, :]
 
 
+def _stride(strides, layer: str) -> int:
+    """1 or 2 from an int or a pair (configs store a list)."""
+    pair = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    if pair not in ((1, 1), (2, 2)):
+        raise ValueError(f"{layer} strides must be 1 or 2, got {strides}.")
+    return pair[0]
+
+
+def _fix_conv_kwargs(kwargs: dict) -> dict:
+    for fixed in ("kernel_size", "padding", "dilation_rate", "groups"):
+        kwargs.pop(fixed, None)
+    return kwargs
+
+
 @_register
 class Conv3x3(tf_keras.layers.Conv2D):
-    """`Conv2D(filters, 3, padding="same")` with a faster kernel gradient.
+    """`Conv2D(filters, 3, strides, padding="same")` with faster gradients.
 
     Same variables and outputs as the Keras layer; only the backward pass
-    differs (`conv3x3_same`). Used for the stride-1 stem conv, the largest
-    3x3 conv of the model (the second conv of S0 at half resolution).
+    differs (`conv3x3_same` for stride 1, `conv3x3_stride2` for stride 2).
+    Used for the two stem convs: the stride-1 one is the largest 3x3 conv of
+    the model (S0 at half resolution).
 
     Args:
       filters: output channels.
-      **kwargs: other `Conv2D` arguments; kernel size, padding, strides and
-        dilation are fixed.
+      strides: 1 or 2.
+      **kwargs: other `Conv2D` arguments; kernel size, padding and dilation
+        are fixed.
+
+    Raises:
+      ValueError: strides other than 1 or 2.
     """
 
-    def __init__(self, filters: int, **kwargs):
-        for fixed in ("kernel_size", "padding", "strides", "dilation_rate"):
-            kwargs.pop(fixed, None)
-        super().__init__(filters, 3, padding="same", **kwargs)
+    def __init__(self, filters: int, strides=1, **kwargs):
+        stride = _stride(strides, "Conv3x3")
+        super().__init__(
+            filters,
+            3,
+            strides=stride,
+            padding="same",
+            **_fix_conv_kwargs(kwargs),
+        )
 
     def convolution_op(self, inputs, kernel):
-        return conv3x3_same(inputs, tf.convert_to_tensor(kernel))
+        kernel = tf.convert_to_tensor(kernel)
+        if self.strides[0] == 2:
+            return conv3x3_stride2(inputs, kernel)
+        return conv3x3_same(inputs, kernel)
+
+
+@_register
+class Conv1x1(tf_keras.layers.Conv2D):
+    """`Conv2D(filters, 1, strides)` computed as one matmul (`conv1x1`).
+
+    Same variables, outputs and checkpoints as the Keras layer.
+
+    Args:
+      filters: output channels.
+      strides: 1 or 2.
+      **kwargs: other `Conv2D` arguments; kernel size, padding and dilation
+        are fixed.
+
+    Raises:
+      ValueError: strides other than 1 or 2.
+    """
+
+    def __init__(self, filters: int, strides=1, **kwargs):
+        stride = _stride(strides, "Conv1x1")
+        super().__init__(
+            filters,
+            1,
+            strides=stride,
+            padding="valid",
+            **_fix_conv_kwargs(kwargs),
+        )
+
+    def convolution_op(self, inputs, kernel):
+        return conv1x1(inputs, tf.convert_to_tensor(kernel), self.strides[0])

@@ -77,35 +77,100 @@ class HarnessTest(layer_test_harness.LayerTestCase):
 class GradientTest(tf.test.TestCase, parameterized.TestCase):
     """Hand-written gradients equal TensorFlow's own."""
 
+    @staticmethod
+    def grads(conv, x, kernel):
+        """d/dx and d/dkernel of a nonlinear loss of conv(x, kernel)."""
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = conv(x, kernel)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        return tape.gradient(loss, [x, kernel])
+
+    def assert_same_conv(self, ours, reference, x, kernel):
+        self.assertAllClose(ours(x, kernel), reference(x, kernel), atol=1e-5)
+        for a, b in zip(
+            self.grads(ours, x, kernel), self.grads(reference, x, kernel)
+        ):
+            self.assertAllClose(a, b, atol=1e-4, rtol=1e-5)
+
     @parameterized.parameters(
         (2, 5, 7, 3, 4), (1, 1, 1, 2, 2), (3, 8, 6, 16, 8)
     )
-    def test_conv3x3_kernel_gradient(self, b, h, w, c, o):
+    def test_conv3x3_stride1(self, b, h, w, c, o):
         x = tf.random.stateless_normal([b, h, w, c], seed=[h, w])
         kernel = tf.random.stateless_normal([3, 3, c, o], seed=[c, o])
+        self.assert_same_conv(
+            ops.conv3x3_same,
+            lambda t, k: tf.nn.conv2d(t, k, 1, "SAME"),
+            x,
+            kernel,
+        )
 
-        def grads(conv):
-            with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                y = conv(x, kernel)
-                loss = tf.reduce_sum(y * tf.sin(y))
-            return tape.gradient(loss, [x, kernel])
+    @parameterized.parameters(
+        # Even and odd sides: SAME pads 0/1 or 1/1 for stride 2.
+        (2, 8, 6, 3, 4),
+        (1, 7, 5, 3, 2),
+        (2, 1, 2, 2, 3),
+        (1, 9, 9, 5, 6),
+    )
+    def test_conv3x3_stride2(self, b, h, w, c, o):
+        x = tf.random.stateless_normal([b, h, w, c], seed=[h, w + 1])
+        kernel = tf.random.stateless_normal([3, 3, c, o], seed=[c, o + 1])
+        self.assert_same_conv(
+            ops.conv3x3_stride2,
+            lambda t, k: tf.nn.conv2d(t, k, 2, "SAME"),
+            x,
+            kernel,
+        )
 
-        ours = grads(ops.conv3x3_same)
-        reference = grads(lambda t, k: tf.nn.conv2d(t, k, 1, "SAME"))
-        for a, b_ in zip(ours, reference):
-            self.assertAllClose(a, b_, atol=1e-4, rtol=1e-5)
+    @parameterized.parameters(
+        (1, 2, 4, 6, 3, 5), (2, 2, 5, 7, 3, 4), (2, 1, 5, 7, 3, 4)
+    )
+    def test_conv1x1(self, stride, b, h, w, c, o):
+        x = tf.random.stateless_normal([b, h, w, c], seed=[h, stride])
+        kernel = tf.random.stateless_normal([1, 1, c, o], seed=[c, o])
+        self.assert_same_conv(
+            lambda t, k: ops.conv1x1(t, k, stride),
+            lambda t, k: tf.nn.conv2d(t, k, stride, "VALID"),
+            x,
+            kernel,
+        )
 
-    def test_conv3x3_layer(self):
-        self.assertAllEqual(coatnet_tf.ConvStem(4).conv1.kernel_size, (3, 3))
-        layer = ops.Conv3x3(4)
-        x = tf.random.stateless_normal([1, 5, 5, 2], seed=[0, 3])
+    @parameterized.parameters(
+        (ops.Conv3x3, 1, "SAME"),
+        (ops.Conv3x3, 2, "SAME"),
+        (ops.Conv1x1, 1, "VALID"),
+        (ops.Conv1x1, 2, "VALID"),
+    )
+    def test_conv_layer(self, cls, stride, padding):
+        layer = cls(4, strides=stride)
+        x = tf.random.stateless_normal([1, 5, 7, 2], seed=[0, 3])
         y = layer(x)
         self.assertAllClose(
-            y, tf.nn.conv2d(x, layer.kernel, 1, "SAME") + layer.bias
+            y,
+            tf.nn.conv2d(x, layer.kernel, stride, padding) + layer.bias,
+            atol=1e-6,
         )
-        clone = ops.Conv3x3.from_config(layer.get_config())
+        clone = cls.from_config(layer.get_config())
         self.assertEqual(clone.get_config(), layer.get_config())
+        self.assertEqual(clone.strides, (stride, stride))
+        with self.assertRaisesRegex(ValueError, "strides must be 1 or 2"):
+            cls(4, strides=3)
+
+    def test_model_uses_the_fast_convs(self):
+        stem = coatnet_tf.ConvStem(4)
+        self.assertIsInstance(stem.conv0, ops.Conv3x3)
+        self.assertEqual(stem.conv0.strides, (2, 2))
+        self.assertIsInstance(stem.conv1, ops.Conv3x3)
+        block = coatnet_tf.MBConvBlock(8, stride=2)
+        block(tf.zeros([1, 4, 4, 6]))
+        for conv in (
+            block.expand_conv,
+            block.project_conv,
+            block.shortcut_proj,
+        ):
+            self.assertIsInstance(conv, ops.Conv1x1)
+        self.assertEqual(block.expand_conv.strides, (2, 2))
 
     def test_gelu_gradient(self):
         x = tf.linspace(-6.0, 6.0, 101)
