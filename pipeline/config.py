@@ -163,9 +163,9 @@ def demo_config() -> PipelineConfig:
         evaluator=EvaluatorConfig(
             split="validation",
             thresholds=blessing_lib.thresholds_from_json(
-                # Three times chance for ten classes: the demo's tiny
-                # pretraining reaches about 0.5 in 1,200 steps.
-                [{"metric": "precision_at_1", "lower_bound": 0.3}]
+                # Twice chance for ten classes: the demo's tiny pretraining
+                # reached 0.33 and 0.49 in two runs of 1,200 steps.
+                [{"metric": "precision_at_1", "lower_bound": 0.2}]
             ),
         ),
         finetune_evaluator=EvaluatorConfig(
