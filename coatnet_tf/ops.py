@@ -231,22 +231,39 @@ def subsample_2x(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, [-1, h // 2, 2, w // 2, 2, c])[:, :, 0, :, 0, :]
 
 
-def _stride(strides, layer: str) -> int:
-    """1 or 2 from an int or a pair (configs store a list)."""
-    pair = (strides, strides) if isinstance(strides, int) else tuple(strides)
-    if pair not in ((1, 1), (2, 2)):
-        raise ValueError(f"{layer} strides must be 1 or 2, got {strides}.")
-    return pair[0]
+class _FixedConv2D(tf_keras.layers.Conv2D):
+    """A `Conv2D` with a fixed kernel size and padding and stride 1 or 2.
 
+    Subclasses set `KERNEL_SIZE` and `PADDING` and override
+    `convolution_op`; configs round-trip as for `Conv2D`.
 
-def _fix_conv_kwargs(kwargs: dict) -> dict:
-    for fixed in ("kernel_size", "padding", "dilation_rate", "groups"):
-        kwargs.pop(fixed, None)
-    return kwargs
+    Raises:
+      ValueError: strides other than 1 or 2.
+    """
+
+    KERNEL_SIZE = 0
+    PADDING = ""
+
+    def __init__(self, filters: int, strides=1, **kwargs):
+        # An int, or a pair as `get_config` stores it (a list after JSON).
+        pair = (strides, strides) if isinstance(strides, int) else strides
+        if tuple(pair) not in ((1, 1), (2, 2)):
+            raise ValueError(
+                f"{type(self).__name__} strides must be 1 or 2, got {strides}."
+            )
+        for fixed in ("kernel_size", "padding", "dilation_rate", "groups"):
+            kwargs.pop(fixed, None)
+        super().__init__(
+            filters,
+            self.KERNEL_SIZE,
+            strides=pair[0],
+            padding=self.PADDING,
+            **kwargs,
+        )
 
 
 @_register
-class Conv3x3(tf_keras.layers.Conv2D):
+class Conv3x3(_FixedConv2D):
     """`Conv2D(filters, 3, strides, padding="same")` with faster gradients.
 
     Same variables and outputs as the Keras layer; only the backward pass
@@ -264,15 +281,8 @@ class Conv3x3(tf_keras.layers.Conv2D):
       ValueError: strides other than 1 or 2.
     """
 
-    def __init__(self, filters: int, strides=1, **kwargs):
-        stride = _stride(strides, "Conv3x3")
-        super().__init__(
-            filters,
-            3,
-            strides=stride,
-            padding="same",
-            **_fix_conv_kwargs(kwargs),
-        )
+    KERNEL_SIZE = 3
+    PADDING = "same"
 
     def convolution_op(self, inputs, kernel):
         kernel = tf.convert_to_tensor(kernel)
@@ -282,7 +292,7 @@ class Conv3x3(tf_keras.layers.Conv2D):
 
 
 @_register
-class Conv1x1(tf_keras.layers.Conv2D):
+class Conv1x1(_FixedConv2D):
     """`Conv2D(filters, 1, strides)` computed as one matmul (`conv1x1`).
 
     Same variables, outputs and checkpoints as the Keras layer.
@@ -297,15 +307,8 @@ class Conv1x1(tf_keras.layers.Conv2D):
       ValueError: strides other than 1 or 2.
     """
 
-    def __init__(self, filters: int, strides=1, **kwargs):
-        stride = _stride(strides, "Conv1x1")
-        super().__init__(
-            filters,
-            1,
-            strides=stride,
-            padding="valid",
-            **_fix_conv_kwargs(kwargs),
-        )
+    KERNEL_SIZE = 1
+    PADDING = "valid"
 
     def convolution_op(self, inputs, kernel):
         return conv1x1(inputs, tf.convert_to_tensor(kernel), self.strides[0])
