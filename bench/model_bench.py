@@ -8,7 +8,8 @@ Prints one JSON object:
   (2 per multiply-add, `coatnet_tf.forward_flops`); a training step counts
   3x forward (forward, and a backward of twice its cost);
 - per policy (`float32`, `mixed_bfloat16`): `forward` and `train_step`
-  images/s (train step = forward, backward and an AdamW update), the
+  images/s (train step = forward, backward and the trainer's AdamW
+  update, `components.trainer.optimization.FusedAdamW`), the
   GFLOP/s they reach and their fraction of the float32 (and bfloat16)
   peak; mixed_bfloat16 also reports its speedup over float32.
 
@@ -180,6 +181,7 @@ def main(argv):
     import tf_keras
 
     import coatnet_tf
+    from components.trainer import optimization
 
     size, batch = FLAGS.image_size, FLAGS.batch
     threading = tf.config.threading
@@ -207,7 +209,7 @@ def main(argv):
         images = tf.random.normal([batch, size, size, 3])
         labels = tf.random.uniform([batch], 0, 1000, tf.int32)
         model(images[:1], training=False)
-        optimizer = tf_keras.optimizers.AdamW(
+        optimizer = optimization.FusedAdamW(
             learning_rate=1e-4, weight_decay=0.05, jit_compile=False
         )
 

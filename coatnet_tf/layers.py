@@ -104,24 +104,40 @@ class ConvStem(tf_keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
-        # Built here: inference folds norm0 into conv0 and skips calling it.
-        with tf.name_scope(self.conv0.name):
-            self.conv0.build(input_shape)
-        with tf.name_scope(self.norm0.name):
-            self.norm0.build(input_shape[:-1].concatenate([self.width]))
+        # Built here: inference folds norm0 into conv0 and calls neither
+        # conv0, norm0 nor conv1.
+        inner = input_shape[:-1].concatenate([self.width])
+        for layer, shape in (
+            (self.conv0, input_shape),
+            (self.norm0, inner),
+            (self.conv1, inner),
+        ):
+            with tf.name_scope(layer.name):
+                layer.build(shape)
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        if training:
+        if training or self.gelu_approximate:
             x = self.norm0(self.conv0(inputs), training=training)
-        else:
-            # Moving statistics make norm0 affine: fold it into conv0.
-            scale, shift = ops.batch_norm_affine(self.norm0, inputs.dtype)
-            x = tf.nn.conv2d(
-                inputs, self.conv0.kernel * scale, strides=2, padding="SAME"
-            )
-            x = tf.nn.bias_add(x, self.conv0.bias * scale + shift)
-        return self.conv1(ops.gelu(x, self.gelu_approximate, training))
+            return self.conv1(ops.gelu(x, self.gelu_approximate, training))
+        # Inference. Moving statistics make norm0 affine: fold it into
+        # conv0. GELU as in `MBConvBlock._folded_inference`: conv0 scaled by
+        # c = 1 / sqrt(2) gives u = z c, gelu(z) = u (1 + erf(u)) c, and the
+        # last c goes into conv1's kernel (three passes instead of five).
+        dtype = inputs.dtype
+        scale, shift = ops.batch_norm_affine(self.norm0, dtype)
+        c = tf.cast(ops.SQRT_HALF, dtype)
+        u = tf.nn.conv2d(
+            inputs, self.conv0.kernel * (scale * c), strides=2, padding="SAME"
+        )
+        u = tf.nn.bias_add(u, (self.conv0.bias * scale + shift) * c)
+        x = tf.nn.conv2d(
+            u * (1.0 + tf.math.erf(u)),
+            self.conv1.kernel * c,
+            strides=1,
+            padding="SAME",
+        )
+        return tf.nn.bias_add(x, self.conv1.bias)
 
     def get_config(self):
         return {
@@ -158,19 +174,38 @@ class SqueezeExcitation(tf_keras.layers.Layer):
         self.expand = None
 
     def build(self, input_shape):
+        channels = int(input_shape[-1])
         self.expand = tf_keras.layers.Dense(
-            int(input_shape[-1]),
-            kernel_initializer=ops.DENSE_INIT,
-            name="expand",
+            channels, kernel_initializer=ops.DENSE_INIT, name="expand"
         )
+        # Built here: MBConv may call `gate` without calling the layer.
+        for layer, width in (
+            (self.reduce, channels),
+            (self.expand, self.bottleneck),
+        ):
+            with tf.name_scope(layer.name):
+                layer.build([None, width])
         super().build(input_shape)
 
-    def call(self, inputs):
+    def gate(self, inputs: tf.Tensor, scale: float = 1.0) -> tf.Tensor:
+        """The sigmoid channel gate [B, C] of a map [B, H, W, C].
+
+        Args:
+          inputs: the feature map.
+          scale: a constant factor of `inputs`, applied to their mean
+            (`MBConvBlock` passes a map without its GELU's 1 / sqrt(2)).
+
+        Returns:
+          [B, C], in the dtype of `inputs`.
+        """
         squeezed = tf.reduce_mean(inputs, axis=[1, 2])  # [B, C]
-        gate = self.expand(
-            ops.gelu(self.reduce(squeezed), self.gelu_approximate)
-        )
-        return inputs * tf.sigmoid(gate)[:, None, None, :]
+        if scale != 1.0:
+            squeezed = squeezed * tf.cast(scale, squeezed.dtype)
+        hidden = ops.gelu(self.reduce(squeezed), self.gelu_approximate)
+        return tf.sigmoid(self.expand(hidden))
+
+    def call(self, inputs):
+        return inputs * self.gate(inputs)[:, None, None, :]
 
     def get_config(self):
         return {
@@ -286,18 +321,28 @@ class MBConvBlock(tf_keras.layers.Layer):
             (self.expand_norm, inner),
             (self.depthwise_conv, inner),
             (self.depthwise_norm, inner),
+            (self.se, inner),
+            (self.project_conv, inner),
         ):
-            with tf.name_scope(layer.name):
-                layer.build(shape)
+            if layer is not None:
+                with tf.name_scope(layer.name):
+                    layer.build(shape)
         super().build(input_shape)
 
     def _folded_inference(self, inputs):
-        """Inference with the BatchNorms folded into the convolutions.
+        """The residual branch at inference, BatchNorms folded.
 
         With moving statistics a BatchNorm is a per-channel affine map, so
         pre_norm and expand_norm fold into the 1x1 expansion, which then
         runs as one matmul + bias + GELU (a single fused oneDNN op), and
         depthwise_norm folds into the depthwise kernel plus a bias.
+
+        The depthwise GELU has no fused kernel; written plainly it takes
+        five passes over S1's and S2's largest maps. Scaling the depthwise
+        kernel and bias by 1 / sqrt(2) gives u = z / sqrt(2), and
+        gelu(z) = u (1 + erf(u)) / sqrt(2): three passes (erf, add, mul),
+        with the last 1 / sqrt(2) folded into the linear ops that follow
+        (SE mean, projection kernel).
         """
         dtype = inputs.dtype
         scale1, shift1 = ops.batch_norm_affine(self.pre_norm, dtype)
@@ -313,11 +358,34 @@ class MBConvBlock(tf_keras.layers.Layer):
         x = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), folded)
         x = ops.gelu(tf.nn.bias_add(x, bias), self.gelu_approximate)
         x = tf.reshape(x, tf.concat([shape[:3], [kernel.shape[1]]], 0))
-        depthwise = self.depthwise_conv.depthwise_kernel
-        x = tf.nn.depthwise_conv2d(
-            x, depthwise * scale3[:, None], [1, 1, 1, 1], "SAME"
+        depthwise = self.depthwise_conv.depthwise_kernel * scale3[:, None]
+        if self.gelu_approximate:
+            x = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
+            x = ops.gelu(tf.nn.bias_add(x, shift3), approximate=True)
+            factor = 1.0
+        else:
+            factor = ops.SQRT_HALF
+            c = tf.cast(factor, dtype)
+            u = tf.nn.depthwise_conv2d(x, depthwise * c, [1, 1, 1, 1], "SAME")
+            u = tf.nn.bias_add(u, shift3 * c)
+            x = u * (1.0 + tf.math.erf(u))  # sqrt(2) gelu(z).
+        return self._project(x, factor)
+
+    def _project(self, x, factor: float = 1.0):
+        """SE and the projection of `factor * x` (SE gate in the kernel)."""
+        kernel = tf.reshape(
+            self.project_conv.kernel,
+            [self.project_conv.kernel.shape[2], self.width],
         )
-        return ops.gelu(tf.nn.bias_add(x, shift3), self.gelu_approximate)
+        kernel = tf.cast(kernel, x.dtype)
+        if factor != 1.0:
+            kernel = kernel * tf.cast(factor, x.dtype)
+        if self.se is None:
+            y = ops.pixel_matmul(x, kernel)
+        else:
+            gate = self.se.gate(x, factor)
+            y = ops.gated_pixel_matmul(x, gate, kernel)
+        return tf.nn.bias_add(y, tf.cast(self.project_conv.bias, x.dtype))
 
     def call(self, inputs, training=None):
         shortcut = inputs
@@ -327,10 +395,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             shortcut = self.shortcut_proj(shortcut)
 
         if not training:
-            x = self._folded_inference(inputs)
-            if self.se is not None:
-                x = self.se(x)
-            return shortcut + self.project_conv(x)
+            return shortcut + self._folded_inference(inputs)
 
         x = self.pre_norm(inputs, training=training)
         x = self.expand_conv(x)
@@ -339,9 +404,7 @@ class MBConvBlock(tf_keras.layers.Layer):
         x = self.depthwise_conv(x)
         x = self.depthwise_norm(x, training=training)
         x = ops.gelu(x, self.gelu_approximate, training)
-        if self.se is not None:
-            x = self.se(x)
-        x = self.project_conv(x)
+        x = self._project(x)
         return shortcut + self.drop_path(x, training=training)
 
     def get_config(self):

@@ -9,6 +9,10 @@ built-in EMA whose averages are optimizer variables, so checkpoints carry
 them and a resumed run continues the same average. Model Garden's own EMA
 wrapper only wraps its legacy optimizers, which clip per replica before
 the all-reduce; the train step here clips the all-reduced gradient instead.
+
+`FusedAdamW` is that optimizer with its dense update in TensorFlow's fused
+Adam kernel: the same formula, slots and checkpoints in one pass per
+variable instead of about ten.
 """
 
 from __future__ import annotations
@@ -100,6 +104,47 @@ class _Constant(tf_keras.optimizers.schedules.LearningRateSchedule):
         return {"value": self.value}
 
 
+@tf_keras.saving.register_keras_serializable(package="coatnet")
+class FusedAdamW(tf_keras.optimizers.AdamW):
+    """tf_keras' `AdamW`, its dense update in one fused kernel.
+
+    The Keras update makes about ten element-wise passes over each variable
+    and its slots (`m += (g - m)(1 - b1)`, `v += ...`, `var -= ...`, each a
+    separate op); the Adam part of a coatnet-0 step took ~175 ms of 4.7 s on
+    2 CPU cores. `ResourceApplyAdam` computes the same update,
+
+        alpha = lr sqrt(1 - b2^t) / (1 - b1^t)
+        m <- m + (g - m)(1 - b1);  v <- v + (g^2 - v)(1 - b2)
+        var <- var - alpha m / (sqrt(v) + epsilon),
+
+    in one pass, on CPU, GPU and (through XLA) TPU. Slots, weight decay
+    (applied by the base class before the update), EMA and checkpoints are
+    those of `AdamW`; sparse gradients and AMSGrad keep the Keras update.
+    """
+
+    def update_step(self, gradient, variable):
+        if isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        index = self._index_dict[self._var_key(variable)]
+        return tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(self.learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+            use_locking=False,
+        )
+
+
 def build_optimizer(
     config: config_lib.OptimizerConfig,
     learning_rate: tf_keras.optimizers.schedules.LearningRateSchedule,
@@ -116,9 +161,9 @@ def build_optimizer(
       variables: the model's trainable variables.
 
     Returns:
-      The optimizer, not yet built. Clipping is left to the train step.
+      A `FusedAdamW`, not yet built. Clipping is left to the train step.
     """
-    optimizer = tf_keras.optimizers.AdamW(
+    optimizer = FusedAdamW(
         learning_rate=learning_rate,
         weight_decay=config.weight_decay or None,
         beta_1=config.beta_1,

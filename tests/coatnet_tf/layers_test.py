@@ -106,6 +106,18 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
             kernel,
         )
 
+    def test_conv3x3_kernel_grad_with_unknown_batch(self):
+        x = tf.random.stateless_normal([2, 5, 4, 3], seed=[5, 5])
+        dy = tf.random.stateless_normal([2, 5, 4, 6], seed=[6, 6])
+        spec = [
+            tf.TensorSpec([None, 5, 4, 3]),
+            tf.TensorSpec([None, 5, 4, 6]),
+        ]
+        dynamic = tf.function(ops.conv3x3_kernel_grad, input_signature=spec)
+        self.assertAllClose(
+            dynamic(x, dy), ops.conv3x3_kernel_grad(x, dy), atol=1e-5
+        )
+
     @parameterized.parameters(
         # Even and odd sides: SAME pads 0/1 or 1/1 for stride 2.
         (2, 8, 6, 3, 4),
@@ -124,7 +136,12 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         )
 
     @parameterized.parameters(
-        (1, 2, 4, 6, 3, 5), (2, 2, 5, 7, 3, 4), (2, 1, 5, 7, 3, 4)
+        # Even batches split the kernel gradient in halves up to 96 input
+        # channels; odd batches and wider inputs do not.
+        (1, 2, 4, 6, 3, 5),
+        (2, 2, 5, 7, 3, 4),
+        (2, 1, 5, 7, 3, 4),
+        (1, 2, 3, 3, 100, 4),
     )
     def test_conv1x1(self, stride, b, h, w, c, o):
         x = tf.random.stateless_normal([b, h, w, c], seed=[h, stride])
@@ -172,6 +189,45 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
             self.assertIsInstance(conv, ops.Conv1x1)
         self.assertEqual(block.expand_conv.strides, (2, 2))
 
+    @parameterized.parameters((1, 8), (2, 6), (4, 1))
+    def test_matmul_tn(self, groups, rows_per_group):
+        a = tf.random.stateless_normal([groups * rows_per_group, 3], [1, 2])
+        b = tf.random.stateless_normal([groups * rows_per_group, 5], [3, 4])
+        self.assertAllClose(
+            ops.matmul_tn(a, b, groups),
+            tf.matmul(a, b, transpose_a=True),
+            atol=1e-5,
+        )
+
+    def test_batch_halves(self):
+        self.assertEqual(ops.batch_halves(16), 2)
+        self.assertEqual(ops.batch_halves(3), 1)
+        self.assertEqual(ops.batch_halves(None), 1)
+
+    @parameterized.parameters((2, 5, 3, 4), (3, 4, 2, 6), (2, 3, 100, 2))
+    def test_gated_pixel_matmul(self, b, side, c, o):
+        x = tf.random.stateless_normal([b, side, side, c], seed=[b, c])
+        gate = tf.random.stateless_uniform([b, c], seed=[c, o])
+        kernel = tf.random.stateless_normal([c, o], seed=[o, b])
+
+        def reference(x, gate, kernel):
+            return tf.nn.conv2d(
+                x * gate[:, None, None, :], kernel[None, None], 1, "VALID"
+            )
+
+        args = [x, gate, kernel]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(args)
+            ours = ops.gated_pixel_matmul(*args)
+            want = reference(*args)
+            loss_ours = tf.reduce_sum(ours * tf.sin(ours))
+            loss_want = tf.reduce_sum(want * tf.sin(want))
+        self.assertAllClose(ours, want, atol=1e-5)
+        for g, h in zip(
+            tape.gradient(loss_ours, args), tape.gradient(loss_want, args)
+        ):
+            self.assertAllClose(g, h, atol=1e-4, rtol=1e-5)
+
     def test_gelu_gradient(self):
         x = tf.linspace(-6.0, 6.0, 101)
         with tf.GradientTape(persistent=True) as tape:
@@ -215,20 +271,17 @@ class MBConvTest(tf.test.TestCase):
         self.assertEqual(block.expand_conv.filters, 64)  # 4 x output width.
         self.assertEqual(block.se.bottleneck, 4)  # 0.25 x output width.
 
-    def test_matches_eq5(self):
-        x = tf.random.stateless_normal([2, 6, 6, 8], seed=[4, 2])
-        block = coatnet_tf.MBConvBlock(12, stride=2)
-        block(x)
-        # Non-trivial BatchNorm statistics, so inference differs from train.
-        for norm in (block.pre_norm, block.expand_norm, block.depthwise_norm):
-            c = norm.moving_mean.shape[0]
-            norm.moving_mean.assign(tf.linspace(-0.5, 0.5, c))
-            norm.moving_variance.assign(tf.linspace(0.5, 2.0, c))
-        y = block(x, training=False)
+    @staticmethod
+    def eq5_reference(block, x, training):
+        """Eq. 5 written with plain ops and the block's variables."""
 
         def bn(norm, t):
-            return (t - norm.moving_mean) / tf.sqrt(
-                norm.moving_variance + norm.epsilon
+            if training:
+                mean, variance = tf.nn.moments(t, [0, 1, 2])
+            else:
+                mean, variance = norm.moving_mean, norm.moving_variance
+            return (t - mean) / tf.sqrt(
+                variance + norm.epsilon
             ) * norm.gamma + norm.beta
 
         def gelu(t):
@@ -256,7 +309,59 @@ class MBConvTest(tf.test.TestCase):
         h = h * tf.sigmoid(gate)[:, None, None, :]
         h = tf.nn.conv2d(h, block.project_conv.kernel, 1, "VALID")
         h = h + block.project_conv.bias
-        self.assertAllClose(y, shortcut + h, atol=1e-5)
+        return shortcut + h
+
+    def block_with_statistics(self):
+        x = tf.random.stateless_normal([2, 6, 6, 8], seed=[4, 2])
+        block = coatnet_tf.MBConvBlock(12, stride=2)
+        block(x)
+        # Non-trivial BatchNorm statistics, so inference differs from train.
+        for norm in (block.pre_norm, block.expand_norm, block.depthwise_norm):
+            c = norm.moving_mean.shape[0]
+            norm.moving_mean.assign(tf.linspace(-0.5, 0.5, c))
+            norm.moving_variance.assign(tf.linspace(0.5, 2.0, c))
+            norm.gamma.assign(tf.linspace(0.8, 1.2, c))
+        return block, x
+
+    def test_matches_eq5(self):
+        block, x = self.block_with_statistics()
+        y = block(x, training=False)
+        self.assertAllClose(
+            y, self.eq5_reference(block, x, training=False), atol=1e-5
+        )
+
+    def test_training_matches_eq5_with_gradients(self):
+        # Training folds the SE gate into the projection kernel; values and
+        # every gradient must be those of the plain Eq. 5.
+        block, x = self.block_with_statistics()
+        variables = block.trainable_variables
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = block(x, training=True)
+            want = self.eq5_reference(block, x, training=True)
+            loss_ours = tf.reduce_sum(ours * tf.sin(ours))
+            loss_want = tf.reduce_sum(want * tf.sin(want))
+        self.assertAllClose(ours, want, atol=1e-5)
+        grads_ours = tape.gradient(loss_ours, [x] + variables)
+        grads_want = tape.gradient(loss_want, [x] + variables)
+        for v, a, b in zip(["x"] + variables, grads_ours, grads_want):
+            self.assertAllClose(a, b, atol=1e-4, rtol=1e-4, msg=str(v))
+
+    def test_folded_inference_without_se_and_approximate_gelu(self):
+        x = tf.random.stateless_normal([2, 4, 4, 8], seed=[3, 3])
+        for kwargs in ({"se_ratio": 0.0}, {"gelu_approximate": True}):
+            block = coatnet_tf.MBConvBlock(8, **kwargs)
+            block(x)
+            # Unfolded: BatchNorms with moving statistics, plain layers.
+            h = block.pre_norm(x, training=False)
+            h = block.expand_norm(block.expand_conv(h), training=False)
+            h = ops.gelu(h, block.gelu_approximate)
+            h = block.depthwise_norm(block.depthwise_conv(h), training=False)
+            h = ops.gelu(h, block.gelu_approximate)
+            if block.se is not None:
+                h = block.se(h)
+            want = x + block.project_conv(h)
+            self.assertAllClose(block(x, training=False), want, atol=1e-5)
 
     def test_identity_shortcut_without_projection(self):
         block = coatnet_tf.MBConvBlock(8, stride=2)

@@ -1,11 +1,18 @@
-"""Tests for the learning-rate schedule, AdamW's exclusions and the losses."""
+"""Tests for the learning-rate schedule, AdamW and the losses."""
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 import coatnet_tf
 from components.trainer import config as config_lib
 from components.trainer import losses, optimization
+
+# Two logical CPUs for MirroredStrategy; must precede any op.
+_CPU = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _CPU, [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 
 def _lr(decay, total=100, warmup=10, peak=1e-3, end=1e-5):
@@ -70,6 +77,73 @@ class WeightDecayTest(tf.test.TestCase):
         )
         self.assertAllClose(kernel, np.full([2, 2], 1 - 0.1 * 0.5))
         self.assertAllClose(bias, np.ones([2]))
+
+
+class FusedAdamWTest(tf.test.TestCase):
+    """FusedAdamW's fused update equals tf_keras' AdamW."""
+
+    def run_steps(self, cls, policy="float32", strategy=None, steps=4):
+        strategy = strategy or tf.distribute.get_strategy()
+        tf_keras.mixed_precision.set_global_policy(policy)
+        self.addCleanup(tf_keras.mixed_precision.set_global_policy, "float32")
+        with strategy.scope():
+            layer = tf_keras.layers.Dense(3, bias_initializer="ones")
+            layer.build([None, 4])
+            layer.kernel.assign(tf.reshape(tf.range(12.0) / 12.0, [4, 3]))
+            optimizer = cls(
+                learning_rate=0.05,
+                weight_decay=0.1,
+                beta_1=0.8,
+                beta_2=0.95,
+                epsilon=1e-6,
+                use_ema=True,
+                ema_momentum=0.5,
+            )
+            optimizer.exclude_from_weight_decay(var_list=[layer.bias])
+            optimizer.build(layer.trainable_variables)
+
+        @tf.function
+        def step(i):
+            def replica_step():
+                x = tf.random.stateless_normal([5, 4], seed=[i, 1])
+                with tf.GradientTape() as tape:
+                    y = tf.cast(layer(x), tf.float32)
+                    loss = tf.reduce_sum(tf.sin(y))
+                variables = layer.trainable_variables
+                grads = tape.gradient(loss, variables)
+                optimizer.apply_gradients(zip(grads, variables))
+
+            strategy.run(replica_step)
+
+        for i in range(steps):
+            step(tf.constant(i))
+        optimizer.finalize_variable_values(layer.trainable_variables)
+        slots = [v.numpy() for v in optimizer.variables]
+        return [v.numpy() for v in layer.trainable_variables], slots
+
+    def assert_same_updates(self, **kwargs):
+        ours = self.run_steps(optimization.FusedAdamW, **kwargs)
+        keras = self.run_steps(tf_keras.optimizers.AdamW, **kwargs)
+        self.assertNotAllClose(ours[0][0], np.arange(12.0).reshape(4, 3) / 12)
+        for a, b in zip(ours[0] + ours[1], keras[0] + keras[1]):
+            self.assertAllClose(a, b, rtol=1e-6, atol=1e-7)
+
+    def test_float32(self):
+        self.assert_same_updates()
+
+    def test_mixed_bfloat16(self):
+        self.assert_same_updates(policy="mixed_bfloat16")
+
+    def test_mirrored_strategy(self):
+        self.assertGreaterEqual(len(tf.config.list_logical_devices("CPU")), 2)
+        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        self.assert_same_updates(strategy=strategy)
+
+    def test_build_optimizer_makes_it(self):
+        optimizer = optimization.build_optimizer(
+            config_lib.OptimizerConfig(), optimization._Constant(0.1), []
+        )
+        self.assertIsInstance(optimizer, optimization.FusedAdamW)
 
 
 class LossTest(tf.test.TestCase):
