@@ -322,14 +322,37 @@ def batch_norm_affine(norm, dtype) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.cast(scale, dtype), tf.cast(shift, dtype)
 
 
-def subsample_2x(x: tf.Tensor) -> tf.Tensor:
-    """x[:, ::2, ::2, :]: the pixels a 1x1 conv of stride 2 reads."""
+@tf.custom_gradient
+def _subsample_2x_even(x: tf.Tensor) -> tf.Tensor:
     _, h, w, c = x.shape
-    if h % 2 or w % 2:
-        return x[:, ::2, ::2, :]
     # The same pixels as a plain slice of a reshape: ~10x faster on CPU than
     # a strided slice.
-    return tf.reshape(x, [-1, h // 2, 2, w // 2, 2, c])[:, :, 0, :, 0, :]
+    y = tf.reshape(x, [-1, h // 2, 2, w // 2, 2, c])[:, :, 0, :, 0, :]
+
+    def grad(dy):
+        # dy at the even pixels, zeros elsewhere: one pad, ~13x faster than
+        # the slice's own gradient (`StridedSliceGrad`, 54 against 4 ms
+        # for the first S1 block of coatnet-0 at batch 16).
+        g = tf.reshape(dy, [-1, h // 2, 1, w // 2, 1, c])
+        g = tf.pad(g, [[0, 0], [0, 0], [0, 1], [0, 0], [0, 1], [0, 0]])
+        return tf.reshape(g, [-1, h, w, c])
+
+    return y, grad
+
+
+def subsample_2x(x: tf.Tensor) -> tf.Tensor:
+    """x[:, ::2, ::2, :]: the pixels a 1x1 conv of stride 2 reads.
+
+    Args:
+      x: [B, H, W, C].
+
+    Returns:
+      [B, ceil(H / 2), ceil(W / 2), C].
+    """
+    _, h, w, _ = x.shape
+    if h % 2 or w % 2:
+        return x[:, ::2, ::2, :]
+    return _subsample_2x_even(x)
 
 
 class _FixedConv2D(tf_keras.layers.Conv2D):

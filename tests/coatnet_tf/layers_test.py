@@ -142,6 +142,7 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         (2, 2, 5, 7, 3, 4),
         (2, 1, 5, 7, 3, 4),
         (1, 2, 3, 3, 100, 4),
+        (2, 2, 6, 4, 3, 5),  # Even sides: subsample_2x's own gradient.
     )
     def test_conv1x1(self, stride, b, h, w, c, o):
         x = tf.random.stateless_normal([b, h, w, c], seed=[h, stride])
