@@ -94,8 +94,8 @@ def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:
     return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="SAME")
 
 
-def batch_halves(batch) -> int:
-    """Row groups for a weight gradient: 2 for an even static batch, else 1.
+def row_halves(rows) -> int:
+    """Row groups for a weight gradient: 2 for an even static count, else 1.
 
     A weight gradient x^T dy sums over every pixel of the batch (K rows)
     into a small [C, O] output. oneDNN parallelizes such a matmul over its
@@ -106,16 +106,16 @@ def batch_halves(batch) -> int:
     107 for a [50176, 96] x [50176, 384] MBConv expansion.
 
     Args:
-      batch: the static batch size, or None.
+      rows: the static number of rows K, or None.
 
     Returns:
       2 or 1.
     """
-    return 2 if batch is not None and batch % 2 == 0 else 1
+    return 2 if rows is not None and rows % 2 == 0 else 1
 
 
 def matmul_tn(a: tf.Tensor, b: tf.Tensor, groups: int) -> tf.Tensor:
-    """a^T b, summing over rows in `groups` equal parts (`batch_halves`).
+    """a^T b, summing over rows in `groups` equal parts (`row_halves`).
 
     Args:
       a: [K, M].
@@ -143,7 +143,7 @@ def conv3x3_kernel_grad(x: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
     p + s stays inside p's padded image. oneDNN's own backward-weights
     kernel runs these shapes (tiny C, large H x W) ~4x below matmul speed.
     Each tap's n rows are summed in two halves, a batched matmul of 2 on
-    the same slice (`batch_halves`); a zero image padded after x keeps
+    the same slice (`row_halves`); a zero image padded after x keeps
     every slice in range.
 
     Args:
@@ -160,7 +160,7 @@ def conv3x3_kernel_grad(x: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
         n, groups = tf.shape(x)[0] * (h + 2) * width, 1
     else:
         n = b * (h + 2) * width  # Rows of dy_flat.
-        groups = 2 if n % 2 == 0 else 1
+        groups = row_halves(n)
     # One zero image after the batch: (H + 2)(W + 2) > 2 (W + 2) + 2 rows,
     # enough for the largest offset.
     x_flat = tf.pad(x, [[0, 1], [1, 1], [1, 1], [0, 0]])
@@ -234,7 +234,7 @@ def conv3x3_stride2(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         dk = matmul_tn(
             tf.reshape(patches, [-1, depth]),
             tf.reshape(dy, [-1, out]),
-            batch_halves(x.shape[0]),
+            row_halves(patches.shape[:3].num_elements()),
         )
         return dx, tf.reshape(dk, kernel.shape)
 
@@ -242,7 +242,7 @@ def conv3x3_stride2(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
 
 # Input widths up to this split the kernel gradient's rows in two
-# (`batch_halves`); wider inputs measured no gain.
+# (`row_halves`); wider inputs measured no gain.
 _SPLIT_MAX_WIDTH = 96
 
 
@@ -251,7 +251,7 @@ def pixel_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """A 1x1 conv of stride 1: x [B, H, W, C] times kernel [C, O].
 
     One matmul over the B H W pixels, with matmul gradients; the kernel
-    gradient of a narrow input runs in two halves (`batch_halves`).
+    gradient of a narrow input runs in two halves (`row_halves`).
     """
     c, o = kernel.shape
     shape = tf.shape(x)
@@ -262,7 +262,8 @@ def pixel_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     def grad(dy):
         dy_flat = tf.reshape(dy, [-1, o])
         dx = tf.reshape(tf.matmul(dy_flat, kernel, transpose_b=True), shape)
-        groups = batch_halves(x.shape[0]) if c <= _SPLIT_MAX_WIDTH else 1
+        rows = x.shape[:3].num_elements()
+        groups = row_halves(rows) if c <= _SPLIT_MAX_WIDTH else 1
         return dx, matmul_tn(tf.reshape(x, [-1, c]), dy_flat, groups)
 
     return y, grad

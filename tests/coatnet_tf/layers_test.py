@@ -200,10 +200,10 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
             atol=1e-5,
         )
 
-    def test_batch_halves(self):
-        self.assertEqual(ops.batch_halves(16), 2)
-        self.assertEqual(ops.batch_halves(3), 1)
-        self.assertEqual(ops.batch_halves(None), 1)
+    def test_row_halves(self):
+        self.assertEqual(ops.row_halves(16), 2)
+        self.assertEqual(ops.row_halves(3), 1)
+        self.assertEqual(ops.row_halves(None), 1)
 
     @parameterized.parameters((2, 5, 3, 4), (3, 4, 2, 6), (2, 3, 100, 2))
     def test_gated_pixel_matmul(self, b, side, c, o):
