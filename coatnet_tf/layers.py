@@ -121,9 +121,8 @@ class ConvStem(tf_keras.layers.Layer):
             x = self.norm0(self.conv0(inputs), training=training)
             return self.conv1(ops.gelu(x, self.gelu_approximate, training))
         # Inference. Moving statistics make norm0 affine: fold it into
-        # conv0. GELU as in `MBConvBlock._folded_inference`: conv0 scaled by
-        # c = 1 / sqrt(2) gives u = z c, gelu(z) = u (1 + erf(u)) c, and the
-        # last c goes into conv1's kernel (three passes instead of five).
+        # conv0, scaled by c = 1 / sqrt(2) for `ops.sqrt2_gelu_of_scaled`;
+        # the last c goes into conv1's kernel.
         dtype = inputs.dtype
         scale, shift = ops.batch_norm_affine(self.norm0, dtype)
         c = tf.cast(ops.SQRT_HALF, dtype)
@@ -132,7 +131,7 @@ class ConvStem(tf_keras.layers.Layer):
         )
         u = tf.nn.bias_add(u, (self.conv0.bias * scale + shift) * c)
         x = tf.nn.conv2d(
-            u * (1.0 + tf.math.erf(u)),
+            ops.sqrt2_gelu_of_scaled(u),
             self.conv1.kernel * c,
             strides=1,
             padding="SAME",
@@ -337,12 +336,10 @@ class MBConvBlock(tf_keras.layers.Layer):
         runs as one matmul + bias + GELU (a single fused oneDNN op), and
         depthwise_norm folds into the depthwise kernel plus a bias.
 
-        The depthwise GELU has no fused kernel; written plainly it takes
-        five passes over S1's and S2's largest maps. Scaling the depthwise
-        kernel and bias by 1 / sqrt(2) gives u = z / sqrt(2), and
-        gelu(z) = u (1 + erf(u)) / sqrt(2): three passes (erf, add, mul),
-        with the last 1 / sqrt(2) folded into the linear ops that follow
-        (SE mean, projection kernel).
+        The depthwise GELU has no fused kernel: the depthwise kernel and
+        bias are scaled for `ops.sqrt2_gelu_of_scaled` (three passes over
+        S1's and S2's largest maps instead of five), and the remaining
+        1 / sqrt(2) folds into the SE mean and the projection kernel.
         """
         dtype = inputs.dtype
         scale1, shift1 = ops.batch_norm_affine(self.pre_norm, dtype)
@@ -368,7 +365,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             c = tf.cast(factor, dtype)
             u = tf.nn.depthwise_conv2d(x, depthwise * c, [1, 1, 1, 1], "SAME")
             u = tf.nn.bias_add(u, shift3 * c)
-            x = u * (1.0 + tf.math.erf(u))  # sqrt(2) gelu(z).
+            x = ops.sqrt2_gelu_of_scaled(u)
         return self._project(x, factor)
 
     def _project(self, x, factor: float = 1.0):

@@ -89,6 +89,23 @@ def gelu(x: tf.Tensor, approximate: bool, training=False) -> tf.Tensor:
     return 0.5 * x * (1.0 + tf.math.erf(x * SQRT_HALF))
 
 
+def sqrt2_gelu_of_scaled(u: tf.Tensor) -> tf.Tensor:
+    """sqrt(2) gelu(z) given u = z / sqrt(2): u (1 + erf(u)), inference.
+
+    GELU after a conv without a fused kernel (depthwise, the stem) takes
+    five passes written plainly. Scaling the conv's kernel and bias by
+    1 / sqrt(2) yields u, this takes three passes (erf, add, mul), and the
+    remaining 1 / sqrt(2) folds into the linear op that follows.
+
+    Args:
+      u: z / sqrt(2), any float dtype.
+
+    Returns:
+      sqrt(2) gelu(z), same shape and dtype.
+    """
+    return u * (1.0 + tf.math.erf(u))
+
+
 def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:
     """The stride-2 max pool of Eq. 4 and 5; odd sides round up."""
     return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="SAME")
