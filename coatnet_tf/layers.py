@@ -368,6 +368,45 @@ class MBConvBlock(tf_keras.layers.Layer):
             x = ops.sqrt2_gelu_of_scaled(u)
         return self._project(x, factor)
 
+    def _expand_stats_from_input(self) -> bool:
+        """Whether training takes expand_norm's statistics from its input.
+
+        `ops.batch_normalized_pixel_matmul` saves memory passes on CPUs and
+        GPUs. Not with synchronized BatchNorm (its statistics are
+        all-reduced by the layer), nor on TPUs, where XLA fuses the
+        BatchNorm into the conv and the covariance matmul would only add
+        FLOPs, nor for a frozen expand_norm, which Keras runs on its moving
+        statistics.
+        """
+        strategy = tf.distribute.get_strategy()
+        return (
+            not self.sync_batch_norm
+            and self.expand_norm.trainable
+            and not isinstance(strategy, tf.distribute.TPUStrategy)
+        )
+
+    def _normalized_expansion(self, x):
+        """expand_norm(expand_conv(x)) in training, statistics from x.
+
+        The same values, gradients and moving-average updates as the two
+        layers.
+        """
+        norm = self.expand_norm
+        if self.stride == 2:
+            x = ops.subsample_2x(x)
+        kernel = self.expand_conv.kernel
+        kernel = tf.reshape(kernel, kernel.shape[2:])  # [C_in, C_inner]
+        y, mean, variance = ops.batch_normalized_pixel_matmul(
+            x, kernel, norm.gamma, norm.beta, norm.epsilon
+        )
+        decay = 1.0 - norm.momentum
+        for average, value in (
+            (norm.moving_mean, mean),
+            (norm.moving_variance, variance),
+        ):
+            average.assign_sub((average - value) * decay)
+        return y
+
     def _project(self, x, factor: float = 1.0):
         """SE and the projection of `factor * x` (SE gate in the kernel)."""
         kernel = tf.reshape(
@@ -395,8 +434,10 @@ class MBConvBlock(tf_keras.layers.Layer):
             return shortcut + self._folded_inference(inputs)
 
         x = self.pre_norm(inputs, training=training)
-        x = self.expand_conv(x)
-        x = self.expand_norm(x, training=training)
+        if self._expand_stats_from_input():
+            x = self._normalized_expansion(x)
+        else:
+            x = self.expand_norm(self.expand_conv(x), training=training)
         x = ops.gelu(x, self.gelu_approximate, training)
         x = self.depthwise_conv(x)
         x = self.depthwise_norm(x, training=training)

@@ -229,6 +229,56 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         ):
             self.assertAllClose(g, h, atol=1e-4, rtol=1e-5)
 
+    @parameterized.parameters((0.0, 1e-5), (100.0, 5e-4))
+    def test_batch_normalized_pixel_matmul(self, offset, tolerance):
+        # BatchNorm(x W) with the statistics from x's covariance; an input
+        # far from zero mean checks the centring (no E[x^2] - E[x]^2). The
+        # reference runs in float64: in float32, its own kernel gradient
+        # loses ~0.4% to cancellation at offset 100.
+        x = offset + tf.random.stateless_normal([2, 6, 4, 5], seed=[5, 1])
+        kernel = tf.random.stateless_normal([5, 7], seed=[5, 2])
+        gamma = tf.random.stateless_uniform([7], seed=[5, 3]) + 0.5
+        beta = tf.random.stateless_normal([7], seed=[5, 4])
+        args = [x, kernel, gamma, beta]
+
+        def reference(x, kernel, gamma, beta):
+            y = tf.nn.conv2d(x, kernel[None, None], 1, "VALID")
+            mean, variance = tf.nn.moments(y, [0, 1, 2])
+            z = tf.nn.batch_normalization(y, mean, variance, beta, gamma, 1e-3)
+            count = 2 * 6 * 4  # Bessel's correction, as Keras averages.
+            return z, mean, variance * count / (count - 1)
+
+        args64 = [tf.cast(a, tf.float64) for a in args]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(args + args64)
+            ours = ops.batch_normalized_pixel_matmul(*args, epsilon=1e-3)
+            want = reference(*args64)
+            loss_ours = tf.reduce_sum(ours[0] * tf.sin(ours[0]))
+            loss_want = tf.reduce_sum(want[0] * tf.sin(want[0]))
+        for a, b in zip(ours, want):
+            self.assertAllClose(a, b, atol=tolerance, rtol=tolerance)
+        for g, h in zip(
+            tape.gradient(loss_ours, args), tape.gradient(loss_want, args64)
+        ):
+            self.assertAllClose(g, h, atol=tolerance, rtol=tolerance)
+
+    def test_batch_normalized_pixel_matmul_bfloat16(self):
+        # bfloat16 activations: statistics in float32, output bfloat16.
+        x = tf.random.stateless_normal([2, 4, 4, 8], seed=[6, 1])
+        kernel = tf.random.stateless_normal([8, 16], seed=[6, 2])
+        gamma, beta = tf.ones([16]), tf.zeros([16])
+        y32, mean32, var32 = ops.batch_normalized_pixel_matmul(
+            x, kernel, gamma, beta, 1e-3
+        )
+        y16, mean16, var16 = ops.batch_normalized_pixel_matmul(
+            tf.cast(x, tf.bfloat16), kernel, gamma, beta, 1e-3
+        )
+        self.assertEqual(y16.dtype, tf.bfloat16)
+        self.assertEqual(mean16.dtype, tf.float32)
+        self.assertAllClose(tf.cast(y16, tf.float32), y32, atol=0.05)
+        self.assertAllClose(var16, var32, rtol=0.02)
+        self.assertAllClose(mean16, mean32, atol=0.05)
+
     def test_gelu_gradient(self):
         x = tf.linspace(-6.0, 6.0, 101)
         with tf.GradientTape(persistent=True) as tape:
@@ -262,7 +312,7 @@ class StemTest(tf.test.TestCase):
         self.assertAllClose(stem(x, training=False), h, atol=1e-5)
 
 
-class MBConvTest(tf.test.TestCase):
+class MBConvTest(tf.test.TestCase, parameterized.TestCase):
     def test_stride_on_first_conv(self):
         # Eq. 5: the stride sits on the first 1x1 conv, not the depthwise.
         block = coatnet_tf.MBConvBlock(16, stride=2)
@@ -347,6 +397,41 @@ class MBConvTest(tf.test.TestCase):
         grads_want = tape.gradient(loss_want, [x] + variables)
         for v, a, b in zip(["x"] + variables, grads_ours, grads_want):
             self.assertAllClose(a, b, atol=1e-4, rtol=1e-4, msg=str(v))
+
+    @parameterized.parameters(1, 2)
+    def test_expand_statistics_from_input(self, stride):
+        # Training takes expand_norm's statistics from the conv's input;
+        # outputs, gradients and every moving average must be those of the
+        # plain layers.
+        x = tf.random.stateless_normal([2, 6, 6, 8], seed=[7, stride])
+        x = x * 2.0 + 1.0
+        ours = coatnet_tf.MBConvBlock(8, stride=stride, name="b")
+        ours(x)
+        plain = coatnet_tf.MBConvBlock.from_config(ours.get_config())
+        plain(x)
+        plain.set_weights(ours.get_weights())
+        plain._expand_stats_from_input = lambda: False
+        self.assertTrue(ours._expand_stats_from_input())
+        grads = []
+        for block in (ours, plain):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = block(x, training=True)
+                loss = tf.reduce_sum(y * tf.sin(y))
+            grads.append(tape.gradient(loss, [x] + block.trainable_weights))
+            grads[-1].append(y)
+        for a, b in zip(*grads):
+            self.assertAllClose(a, b, atol=1e-4, rtol=1e-4)
+        for a, b in zip(
+            ours.non_trainable_weights, plain.non_trainable_weights
+        ):
+            self.assertAllClose(a, b, atol=1e-6, rtol=1e-5, msg=a.name)
+        # The moving averages moved.
+        self.assertNotAllClose(ours.expand_norm.moving_variance, tf.ones([32]))
+
+    def test_synchronized_batch_norm_keeps_the_layers(self):
+        block = coatnet_tf.MBConvBlock(8, sync_batch_norm=True)
+        self.assertFalse(block._expand_stats_from_input())
 
     def test_folded_inference_without_se_and_approximate_gelu(self):
         x = tf.random.stateless_normal([2, 4, 4, 8], seed=[3, 3])
