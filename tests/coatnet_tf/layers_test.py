@@ -119,8 +119,10 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         )
 
     @parameterized.parameters(
-        # Even and odd sides: SAME pads 0/1 or 1/1 for stride 2.
+        # Even and odd sides: SAME pads 0/1 or 1/1 for stride 2; even
+        # sides take the patches from phases, odd ones extract_patches.
         (2, 8, 6, 3, 4),
+        (2, 4, 4, 3, 5),
         (1, 7, 5, 3, 2),
         (2, 1, 2, 2, 3),
         (1, 9, 9, 5, 6),
