@@ -3,8 +3,9 @@
 GELU with a hand-written training gradient; 3x3 convolutions whose
 gradients run as matmuls and forward convs (layer `Conv3x3`); the 1x1
 convolution as one matmul (layer `Conv1x1`), also with the
-squeeze-excitation gate folded into its kernel; weight gradients split in
-two halves of rows; BatchNorm folding and 2x2 subsampling for inference;
+squeeze-excitation gate folded into its kernel, or a training BatchNorm
+with statistics from its input; weight gradients split in two halves of
+rows; BatchNorm folding and 2x2 subsampling for inference;
 the stride-2 max pool of Eq. 4 and 5; and the initializers. Most exist
 because a profile of CoAtNet steps on CPU showed the generic op slower
 (each docstring says by how much; docs/performance.md has the profiles).
