@@ -399,12 +399,15 @@ class MBConvBlock(tf_keras.layers.Layer):
         y, mean, variance = ops.batch_normalized_pixel_matmul(
             x, kernel, norm.gamma, norm.beta, norm.epsilon
         )
-        decay = 1.0 - norm.momentum
+        # An empty batch (a replica's share of a short last batch) has NaN
+        # statistics and leaves the averages, as Keras's layer does.
+        empty = tf.equal(tf.size(x), 0)
         for average, value in (
             (norm.moving_mean, mean),
             (norm.moving_variance, variance),
         ):
-            average.assign_sub((average - value) * decay)
+            step = tf.where(empty, 0.0, average - value)
+            average.assign_sub(step * (1.0 - norm.momentum))
         return y
 
     def _project(self, x, factor: float = 1.0):

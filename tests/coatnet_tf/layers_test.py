@@ -431,6 +431,15 @@ class MBConvTest(tf.test.TestCase, parameterized.TestCase):
         # The moving averages moved.
         self.assertNotAllClose(ours.expand_norm.moving_variance, tf.ones([32]))
 
+    def test_empty_batch_keeps_the_moving_averages(self):
+        block = coatnet_tf.MBConvBlock(8)
+        block(tf.zeros([1, 4, 4, 8]))
+        before = [v.numpy() for v in block.expand_norm.non_trainable_weights]
+        y = block(tf.zeros([0, 4, 4, 8]), training=True)
+        self.assertEqual(y.shape, [0, 4, 4, 8])
+        for a, b in zip(before, block.expand_norm.non_trainable_weights):
+            self.assertAllEqual(a, b)
+
     def test_synchronized_batch_norm_keeps_the_layers(self):
         block = coatnet_tf.MBConvBlock(8, sync_batch_norm=True)
         self.assertFalse(block._expand_stats_from_input())
