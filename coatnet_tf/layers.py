@@ -399,15 +399,16 @@ class MBConvBlock(tf_keras.layers.Layer):
         y, mean, variance = ops.batch_normalized_pixel_matmul(
             x, kernel, norm.gamma, norm.beta, norm.epsilon
         )
-        # An empty batch (a replica's share of a short last batch) has NaN
-        # statistics and leaves the averages, as Keras's layer does.
-        empty = tf.equal(tf.size(x), 0)
+        # The layer's own update; it leaves the averages for an empty batch
+        # (a replica's share of a short last batch), whose statistics are
+        # NaN.
         for average, value in (
             (norm.moving_mean, mean),
             (norm.moving_variance, variance),
         ):
-            step = tf.where(empty, 0.0, average - value)
-            average.assign_sub(step * (1.0 - norm.momentum))
+            norm._assign_moving_average(
+                average, value, norm.momentum, tf.size(x)
+            )
         return y
 
     def _project(self, x, factor: float = 1.0):
