@@ -14,13 +14,13 @@ import tempfile
 
 import tensorflow as tf
 
+from tests.trainer import processes
+
 
 def run_bench(*flags: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     out = subprocess.run(
         [sys.executable, "-m", "bench.model_bench", *flags],
-        env=env,
+        env=processes.env(),
         capture_output=True,
         text=True,
         timeout=600,
