@@ -345,12 +345,12 @@ class MBConvBlock(tf_keras.layers.Layer):
         scale1, shift1 = ops.batch_norm_affine(self.pre_norm, dtype)
         scale2, shift2 = ops.batch_norm_affine(self.expand_norm, dtype)
         scale3, shift3 = ops.batch_norm_affine(self.depthwise_norm, dtype)
-        kernel = self.expand_conv.kernel[0, 0]  # [C_in, C_inner]
+        kernel = self.expand_conv.matrix()  # [C_in, C_inner]
         # BN2(W^T (s1 x + t1)) = (s1 W s2)^T x + (t1 W) s2 + t2.
         folded = scale1[:, None] * kernel * scale2
         bias = tf.linalg.matvec(kernel, shift1, transpose_a=True)
         bias = bias * scale2 + shift2
-        x = ops.subsample_2x(inputs) if self.stride == 2 else inputs
+        x = self.expand_conv.sampled(inputs)
         shape = tf.shape(x)
         x = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), folded)
         x = ops.gelu(tf.nn.bias_add(x, bias), self.gelu_approximate)
@@ -392,12 +392,9 @@ class MBConvBlock(tf_keras.layers.Layer):
         layers.
         """
         norm = self.expand_norm
-        if self.stride == 2:
-            x = ops.subsample_2x(x)
-        kernel = self.expand_conv.kernel
-        kernel = tf.reshape(kernel, kernel.shape[2:])  # [C_in, C_inner]
+        x = self.expand_conv.sampled(x)
         y, mean, variance = ops.batch_normalized_pixel_matmul(
-            x, kernel, norm.gamma, norm.beta, norm.epsilon
+            x, self.expand_conv.matrix(), norm.gamma, norm.beta, norm.epsilon
         )
         # The layer's own update; it leaves the averages for an empty batch
         # (a replica's share of a short last batch), whose statistics are
@@ -413,11 +410,7 @@ class MBConvBlock(tf_keras.layers.Layer):
 
     def _project(self, x, factor: float = 1.0):
         """SE and the projection of `factor * x` (SE gate in the kernel)."""
-        kernel = tf.reshape(
-            self.project_conv.kernel,
-            [self.project_conv.kernel.shape[2], self.width],
-        )
-        kernel = tf.cast(kernel, x.dtype)
+        kernel = tf.cast(self.project_conv.matrix(), x.dtype)
         if factor != 1.0:
             kernel = kernel * tf.cast(factor, x.dtype)
         if self.se is None:

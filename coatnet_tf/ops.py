@@ -334,9 +334,16 @@ def conv1x1(x: tf.Tensor, kernel: tf.Tensor, stride: int = 1) -> tf.Tensor:
     """
     if stride == 2:
         x = subsample_2x(x)
-    # A reshape, not kernel[0, 0]: a slice's gradient is a scatter into
-    # zeros (`StridedSliceGrad`), a reshape's is free.
-    return pixel_matmul(x, tf.reshape(kernel, kernel.shape[2:]))
+    return pixel_matmul(x, kernel_matrix(kernel))
+
+
+def kernel_matrix(kernel: tf.Tensor) -> tf.Tensor:
+    """A 1x1 conv kernel [1, 1, C, O] as the matrix [C, O].
+
+    A reshape, not kernel[0, 0]: a slice's gradient is a scatter into zeros
+    (`StridedSliceGrad`), a reshape's is free.
+    """
+    return tf.reshape(kernel, kernel.shape[2:])
 
 
 def gated_pixel_matmul(
@@ -544,3 +551,11 @@ class Conv1x1(_FixedConv2D):
 
     def convolution_op(self, inputs, kernel):
         return conv1x1(inputs, tf.convert_to_tensor(kernel), self.strides[0])
+
+    def matrix(self) -> tf.Tensor:
+        """The kernel as a [C, O] matrix, for callers that fold it."""
+        return kernel_matrix(self.kernel)
+
+    def sampled(self, x: tf.Tensor) -> tf.Tensor:
+        """The pixels the conv reads: x, or x[:, ::2, ::2] at stride 2."""
+        return subsample_2x(x) if self.strides[0] == 2 else x
