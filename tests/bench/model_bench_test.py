@@ -14,13 +14,13 @@ import tempfile
 
 import tensorflow as tf
 
-from tests.trainer import processes
+from tests import child_env
 
 
 def run_bench(*flags: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "bench.model_bench", *flags],
-        env=processes.env(),
+        env=child_env.python_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -10,6 +10,7 @@ from absl import app
 from absl.testing import absltest, flagsaver
 
 from components.example_gen import main, runners
+from tests import child_env
 from tests.example_gen import fixtures
 
 _REPO = os.path.dirname(
@@ -147,7 +148,7 @@ class CliTest(absltest.TestCase):
             for i in range(3):
                 data = fixtures.good_jpeg(10 * c + i)
                 fixtures.write(f"{tmp}/train/{cls}/{i}.jpg", data)
-        env = dict(os.environ, PYTHONPATH=_REPO, BUILD_WORKING_DIRECTORY=tmp)
+        env = child_env.python_env(BUILD_WORKING_DIRECTORY=tmp)
         proc = subprocess.run(
             [
                 sys.executable,

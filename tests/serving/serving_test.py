@@ -24,6 +24,7 @@ from components.exporter import component as exporter
 from components.pusher import model_store
 from serving import client as client_lib
 from serving import local_server, servables
+from tests import child_env
 from tests.serving import testutil
 
 # Spaces and non-ASCII: label names must survive the asset, the lookup
@@ -347,7 +348,7 @@ class ServingTest(tf.test.TestCase):
             f"--model={NAME}",
             "--top_k=2",
         ]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env = child_env.python_env()
         out = subprocess.run(
             command + ["--format=json"] + self.images[:2],
             capture_output=True,

@@ -1,23 +1,13 @@
-"""Starting trainer processes from tests: environment, ports, commands."""
+"""Starting trainer processes from tests: ports, TF_CONFIG, commands."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 
-
-def env(**extra: str) -> dict[str, str]:
-    """The test's environment for a child Python: same imports, quiet TF."""
-    out = dict(os.environ)
-    out["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    out["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    out["TF_USE_LEGACY_KERAS"] = "1"
-    out.pop("TF_CONFIG", None)
-    out.update(extra)
-    return out
+from tests import child_env
 
 
 def free_port() -> int:
@@ -50,12 +40,19 @@ def start_main(
     Returns:
       The running process.
     """
-    return _start("components.trainer.main", args, log_path, env(**extra_env))
+    return _start(
+        "components.trainer.main",
+        args,
+        log_path,
+        child_env.python_env(**extra_env),
+    )
 
 
 def start_driver(args: list[str], log_path: str) -> subprocess.Popen:
     """Starts `tests.trainer.train_driver` in a new process."""
-    return _start("tests.trainer.train_driver", args, log_path, env())
+    return _start(
+        "tests.trainer.train_driver", args, log_path, child_env.python_env()
+    )
 
 
 def _start(module, args, log_path, environment) -> subprocess.Popen:
