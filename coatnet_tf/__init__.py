@@ -41,6 +41,8 @@ from coatnet_tf.model import (  # noqa: E402
     create_model,
     forward_flops,
     forward_flops_by_op,
+    forward_graph,
+    graph_flops,
 )
 from coatnet_tf.relative_position import (  # noqa: E402
     RelativeAttention,
@@ -68,7 +70,9 @@ __all__ = [
     "create_model",
     "forward_flops",
     "forward_flops_by_op",
+    "forward_graph",
     "get_config",
+    "graph_flops",
     "list_variants",
     "relative_position_bias",
     "relative_position_index",

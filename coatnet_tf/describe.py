@@ -42,7 +42,6 @@ def describe(
       ValueError: unknown variant or override.
     """
     import numpy as np
-    import tensorflow as tf
 
     config = config_lib.get_config(
         name, num_classes=num_classes, image_size=image_size, **overrides
@@ -64,18 +63,15 @@ def describe(
             stage["bias_table"] = [heads, 2 * grid[0] - 1, 2 * grid[1] - 1]
         stages.append(stage)
     model = model_lib.CoAtNet(config)
-    height, width = config.image_size
-    tf.function(model.call, autograph=False).get_concrete_function(
-        tf.TensorSpec([1, height, width, 3], tf.float32), training=False
-    )
+    graph = model_lib.forward_graph(model)  # One trace; builds the model.
     result = {
         "config": config.to_dict(),
         "stages": stages,
-        "params": sum(int(np.prod(v.shape)) for v in model.weights),
+        "params": model.count_params(),
         "trainable_params": sum(
             int(np.prod(v.shape)) for v in model.trainable_weights
         ),
     }
     if flops:
-        result["forward_mult_adds"] = model_lib.forward_flops(model) // 2
+        result["forward_mult_adds"] = model_lib.graph_flops(graph) // 2
     return result

@@ -197,7 +197,20 @@ def create_model(
     return CoAtNet(config)
 
 
-def _forward_graph(model, batch_size: int) -> tf.Graph:
+def forward_graph(model, batch_size: int = 1) -> tf.Graph:
+    """Traces the inference forward pass once; no step runs.
+
+    Tracing builds the variables of an unbuilt model, so this is also the
+    cheap way to build one for counting parameters (`model.count_params()`)
+    or restoring a checkpoint.
+
+    Args:
+      model: a `CoAtNet`.
+      batch_size: images per forward pass.
+
+    Returns:
+      The traced graph, for FLOP counts (`graph_flops`).
+    """
     height, width = model.config.image_size
     spec = tf.TensorSpec([batch_size, height, width, 3], tf.float32)
     # No autograph: the model has no tensor-dependent Python control flow,
@@ -222,11 +235,14 @@ def forward_flops(model, batch_size: int = 1) -> int:
     Returns:
       Total FLOPs for the batch; divide by 2 for multiply-adds.
     """
+    return graph_flops(forward_graph(model, batch_size))
+
+
+def graph_flops(graph: tf.Graph) -> int:
+    """The FLOPs of a traced graph (see `forward_flops`)."""
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    profile = tf.compat.v1.profiler.profile(
-        _forward_graph(model, batch_size), options=options, cmd="op"
-    )
+    profile = tf.compat.v1.profiler.profile(graph, options=options, cmd="op")
     return int(profile.total_float_ops)
 
 
@@ -243,7 +259,7 @@ def forward_flops_by_op(model, batch_size: int = 1) -> dict[str, int]:
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     profile = tf.compat.v1.profiler.profile(
-        _forward_graph(model, batch_size), options=options, cmd="op"
+        forward_graph(model, batch_size), options=options, cmd="op"
     )
     # The "op" view has one node per op type (nested for display); each
     # node's own count is `float_ops`.
