@@ -198,7 +198,6 @@ def main(argv: list[str]) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(FLAGS.device_threads)
 
     import configs
-    from components.trainer import config as config_lib
     from components.trainer import input_pipeline, train_lib
 
     if FLAGS.short:
@@ -216,7 +215,7 @@ def main(argv: list[str]) -> None:
         info = input_pipeline.read_examples_info(artifact)
         # The ImageNet-1K recipe's augmentation (RandAugment 2/15, Mixup
         # 0.8) at the benchmark's model, size and batch.
-        config = config_lib.apply_overrides(
+        config = base.apply_overrides(
             configs.get_config("pretrain_i1k"),
             {
                 "model.variant": FLAGS.variant,

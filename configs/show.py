@@ -16,7 +16,6 @@ from absl import app, flags
 
 import configs
 from components import base
-from components.trainer import config as trainer_config
 
 _CONFIG = flags.DEFINE_enum(
     "config", "pretrain_i1k", configs.list_configs(), "Recipe name."
@@ -39,9 +38,9 @@ def render(name: str, overrides: list[str]) -> str:
     Raises:
       ValueError: unknown recipe, malformed override or unknown field.
     """
-    config = trainer_config.apply_overrides(
+    config = base.apply_overrides(
         configs.get_config(name),
-        trainer_config.parse_override_flags(overrides),
+        base.parse_override_flags(overrides),
     )
     return json.dumps(base.config_to_json(config), indent=2, sort_keys=True)
 

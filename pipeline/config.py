@@ -22,13 +22,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import configs
-from components import cli
+from components import base, cli
 from components.evaluator import blessing as blessing_lib
 from components.evaluator.component import EvaluatorConfig
 from components.example_gen.config import ExampleGenConfig
 from components.exporter.component import ExporterConfig
 from components.pusher.component import PusherConfig
-from components.trainer import config as trainer_config
 from components.trainer.config import TrainerConfig
 
 DEMO_PRETRAIN_SIZE = 32
@@ -103,7 +102,7 @@ class PipelineConfig:
 def demo_config() -> PipelineConfig:
     """The built-in demonstration: minutes on 2 CPU cores."""
     tiny = configs.get_config("tiny")
-    pretrain = trainer_config.apply_overrides(
+    pretrain = base.apply_overrides(
         tiny,
         {
             "model.image_size": DEMO_PRETRAIN_SIZE,
@@ -130,7 +129,7 @@ def demo_config() -> PipelineConfig:
             "model.head_init_bias": -2.2,
         },
     )
-    finetune = trainer_config.apply_overrides(
+    finetune = base.apply_overrides(
         pretrain,
         {
             "model.image_size": DEMO_FINETUNE_SIZE,
@@ -187,8 +186,8 @@ def demo_config() -> PipelineConfig:
 
 def apply(config: PipelineConfig, overrides: Mapping[str, Any]) -> Any:
     """`config` with nested or dotted overrides applied (see
-    `components.trainer.config.apply_overrides`)."""
-    return trainer_config.apply_overrides(config, overrides)
+    `components.base.apply_overrides`)."""
+    return base.apply_overrides(config, overrides)
 
 
 def check(config: PipelineConfig) -> None:

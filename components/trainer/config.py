@@ -5,7 +5,7 @@ The defaults are the paper's ImageNet-1K pretraining recipe for CoAtNet-0
 changing a few fields. Every field is a plain JSON value, so the resolved
 config round-trips through `_execution.json` (`base.config_to_json`,
 `base.config_from_json`) and through `--config_override=a.b=value` flags
-(`apply_overrides`).
+(`components.base.apply_overrides`).
 
 Schedules can be given in epochs or in steps; `resolve_steps` turns them into
 steps once the number of training examples is known.
@@ -14,12 +14,8 @@ steps once the number of training examples is known.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import types
-import typing
-from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
@@ -377,98 +373,3 @@ def model_overrides(config: TrainerConfig, sigmoid: bool) -> dict[str, Any]:
         head_init_bias=float(bias),
     )
     return overrides
-
-
-def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
-    """Returns `config` with fields replaced, recursing into sub-configs.
-
-    Args:
-      config: a dataclass instance.
-      overrides: field values by name; a dotted name ("optimizer.lr") or a
-        nested mapping reaches into sub-configs. String values are parsed
-        to the field's type ("5e-5" for a float, "true" for a bool, JSON
-        lists for tuples and dicts).
-
-    Returns:
-      A new config.
-
-    Raises:
-      ValueError: an unknown field, or a value that does not parse.
-    """
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        elif isinstance(value, Mapping) and isinstance(nested.get(head), dict):
-            nested[head].update(value)
-        else:
-            nested[head] = value
-    fields = {f.name for f in dataclasses.fields(config)}
-    hints = typing.get_type_hints(type(config))
-    changes = {}
-    for name, value in nested.items():
-        if name not in fields:
-            raise ValueError(
-                f"{type(config).__name__} has no field {name!r}; known: "
-                f"{sorted(fields)}."
-            )
-        current = getattr(config, name)
-        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
-            changes[name] = apply_overrides(current, value)
-        else:
-            changes[name] = _coerce(value, hints[name], name)
-    return dataclasses.replace(config, **changes)
-
-
-def parse_override_flags(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """Parses `--config_override=a.b=value` strings into a mapping."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(
-                f"--config_override={item!r}: expected field.path=value."
-            )
-        out[key.strip()] = value
-    return out
-
-
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """Parses `value` to the type `hint` names (strings from flags)."""
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value == "None"):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], name)
-    if isinstance(value, str) and hint is not str:
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            if hint is bool and value.lower() in ("true", "false"):
-                value = value.lower() == "true"
-            else:
-                raise ValueError(f"{name}: cannot parse {value!r}.") from e
-    try:
-        if hint is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise TypeError
-            return int(value)
-        if hint is float:
-            return float(value)
-        if hint is str:
-            return str(value)
-        if origin is tuple:
-            return tuple(value)
-        if origin is dict:
-            return dict(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: {value!r} is not a {hint}.") from e
-    return value

@@ -95,13 +95,13 @@ def load_config(name_or_path: str, overrides: dict) -> config_lib.TrainerConfig:
         config = (
             configs.get_config(recipe) if recipe else config_lib.TrainerConfig()
         )
-        config = config_lib.apply_overrides(config, data)
-    return config_lib.apply_overrides(config, overrides)
+        config = base.apply_overrides(config, data)
+    return base.apply_overrides(config, overrides)
 
 
 def main(argv):
     del argv  # Unused.
-    overrides = config_lib.parse_override_flags(FLAGS.config_override)
+    overrides = base.parse_override_flags(FLAGS.config_override)
     for flag, field in _FLAG_FIELDS.items():
         value = FLAGS[flag].value
         if value is not None:

@@ -73,11 +73,11 @@ class ResolveTest(tf.test.TestCase):
     def test_drop_path_follows_the_variant(self):
         config = configs.get_config("pretrain_i1k")
         for variant, rate in (("coatnet-0", 0.2), ("coatnet-3", 0.7)):
-            c = config_lib.apply_overrides(config, {"model.variant": variant})
+            c = base.apply_overrides(config, {"model.variant": variant})
             self.assertEqual(
                 config_lib.model_overrides(c, False)["drop_path_rate"], rate
             )
-        c = config_lib.apply_overrides(config, {"model.drop_path_rate": 0.1})
+        c = base.apply_overrides(config, {"model.drop_path_rate": 0.1})
         self.assertEqual(
             config_lib.model_overrides(c, False)["drop_path_rate"], 0.1
         )
@@ -96,7 +96,7 @@ class ResolveTest(tf.test.TestCase):
         steps = config_lib.resolve_steps(config, 4096 * 100)
         self.assertEqual(steps.total, 90 * 100)
         self.assertEqual(steps.warmup, 5 * 100)
-        config = config_lib.apply_overrides(config, {"train_steps": 50})
+        config = base.apply_overrides(config, {"train_steps": 50})
         self.assertEqual(config_lib.resolve_steps(config, 4096 * 100).total, 50)
 
     def test_epochs_without_split_size_fail(self):
@@ -105,18 +105,18 @@ class ResolveTest(tf.test.TestCase):
 
     def test_invalid_choices_fail(self):
         with self.assertRaisesRegex(ValueError, "runtime.strategy"):
-            config_lib.apply_overrides(
+            base.apply_overrides(
                 config_lib.TrainerConfig(), {"runtime.strategy": "gpu"}
             )
         with self.assertRaisesRegex(ValueError, "schedule.decay"):
-            config_lib.apply_overrides(
+            base.apply_overrides(
                 config_lib.TrainerConfig(), {"schedule.decay": "step"}
             )
 
 
 class OverridesTest(tf.test.TestCase):
     def test_flag_strings_parse_to_field_types(self):
-        parsed = config_lib.parse_override_flags(
+        parsed = base.parse_override_flags(
             [
                 "optimizer.learning_rate=5e-5",
                 "train_steps=12",
@@ -127,7 +127,7 @@ class OverridesTest(tf.test.TestCase):
                 'model.overrides={"gelu_approximate": true}',
             ]
         )
-        config = config_lib.apply_overrides(config_lib.TrainerConfig(), parsed)
+        config = base.apply_overrides(config_lib.TrainerConfig(), parsed)
         self.assertEqual(config.optimizer.learning_rate, 5e-5)
         self.assertEqual(config.train_steps, 12)
         self.assertIs(config.deterministic, True)
@@ -140,15 +140,15 @@ class OverridesTest(tf.test.TestCase):
 
     def test_bad_overrides_name_the_field(self):
         with self.assertRaisesRegex(ValueError, "no field 'lr'"):
-            config_lib.apply_overrides(
+            base.apply_overrides(
                 config_lib.TrainerConfig(), {"optimizer.lr": 1}
             )
         with self.assertRaisesRegex(ValueError, "train_steps"):
-            config_lib.apply_overrides(
+            base.apply_overrides(
                 config_lib.TrainerConfig(), {"train_steps": "many"}
             )
         with self.assertRaisesRegex(ValueError, "field.path=value"):
-            config_lib.parse_override_flags(["train_steps"])
+            base.parse_override_flags(["train_steps"])
 
     def test_cli_loads_a_json_file_on_a_recipe_then_flags(self):
         path = os.path.join(self.create_tempdir().full_path, "c.json")

@@ -16,7 +16,6 @@ import coatnet_tf
 import configs
 from components import base, model_io
 from components.trainer import component as component_lib
-from components.trainer import config as config_lib
 from components.trainer import finetune, input_pipeline, train_lib
 from tests.trainer import testdata
 
@@ -50,7 +49,7 @@ class FinetuneTest(tf.test.TestCase):
             os.path.join(cls.root, "colors"),
             splits={"train": 64, "validation": 16},
         )
-        config = config_lib.apply_overrides(
+        config = base.apply_overrides(
             configs.get_config("tiny"),
             {"train_steps": 20, "data.eval_split": ""},
         )
@@ -61,7 +60,7 @@ class FinetuneTest(tf.test.TestCase):
             config,
         )["model"]
         cls.source, _, _ = model_io.load_model(cls.pretrained.uri)
-        cls.finetune = config_lib.apply_overrides(
+        cls.finetune = base.apply_overrides(
             configs.get_config("tiny"),
             {
                 "model.image_size": 64,

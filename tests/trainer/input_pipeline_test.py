@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 import configs
+from components import base
 from components.trainer import config as config_lib
 from components.trainer import input_pipeline
 from tests.trainer import testdata
@@ -116,9 +117,7 @@ class InputPipelineTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "single-label"):
             input_pipeline.train_dataset(
                 self.multi,
-                config_lib.apply_overrides(
-                    self.config, {"augment.mixup_alpha": 0.8}
-                ),
+                base.apply_overrides(self.config, {"augment.mixup_alpha": 0.8}),
                 _ctx(),
                 32,
                 sigmoid=True,
@@ -164,7 +163,7 @@ class InputPipelineTest(tf.test.TestCase):
     def test_train_pipelines_read_disjoint_shards(self):
         # No record shuffle and in-order reads: the first 20 draws are one
         # epoch of the pipeline's shard.
-        config = config_lib.apply_overrides(
+        config = base.apply_overrides(
             dataclasses.replace(self.config, augment=PLAIN, deterministic=True),
             {"data.shuffle_buffer_size": 1},
         )

@@ -38,10 +38,9 @@ def main(argv):
     )
     import configs
     from components import base
-    from components.trainer import config as config_lib
     from components.trainer import train_lib
 
-    config = config_lib.apply_overrides(
+    config = base.apply_overrides(
         configs.get_config(FLAGS.config), json.loads(FLAGS.overrides)
     )
     examples = base.Artifact.read(FLAGS.examples, base.EXAMPLES)

@@ -10,7 +10,6 @@ import tensorflow as tf
 import configs
 from components import base, model_io
 from components.trainer import component as component_lib
-from components.trainer import config as config_lib
 from tests.trainer import testdata
 
 
@@ -46,7 +45,7 @@ class TrainerRunTest(tf.test.TestCase):
             os.path.join(cls.root, "colors"),
             splits={"train": 64, "validation": 16},
         )
-        cls.config = config_lib.apply_overrides(
+        cls.config = base.apply_overrides(
             configs.get_config("tiny"),
             {
                 "train_steps": 12,
@@ -112,7 +111,7 @@ class TrainerRunTest(tf.test.TestCase):
         # Warm start from it with an EMA, checkpointing every step so the
         # average can be recomputed from the raw weights.
         decay, steps = 0.5, 4
-        config = config_lib.apply_overrides(
+        config = base.apply_overrides(
             self.config,
             {
                 "train_steps": steps,
@@ -146,7 +145,7 @@ class TrainerRunTest(tf.test.TestCase):
         self.assertNotEmpty(changed)
 
     def test_resume_continues_from_the_latest_checkpoint(self):
-        config = config_lib.apply_overrides(
+        config = base.apply_overrides(
             self.config, {"train_steps": 6, "data.eval_split": ""}
         )
         first = self._train("resume", config)

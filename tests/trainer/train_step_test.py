@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 import configs
-from components.trainer import config as config_lib
+from components import base
 from components.trainer import input_pipeline, train_lib
 from tests.trainer import testdata
 
@@ -29,7 +29,7 @@ class TrainStepTest(tf.test.TestCase):
         )
 
     def _trainer(self, name, **overrides):
-        config = config_lib.apply_overrides(
+        config = base.apply_overrides(
             configs.get_config("tiny"),
             {
                 "train_steps": 3,
