@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from components import base
@@ -118,3 +119,58 @@ def print_outputs(outputs: Mapping[str, base.Artifact]) -> None:
                 {"output": key, **artifact.to_json()}, default=str, indent=1
             )
         )
+
+
+def given(flags_by_field: Mapping[str, Any]) -> dict[str, Any]:
+    """Config fields from the flags the user gave (a None value: not given).
+
+    Args:
+      flags_by_field: absl flag holders by config field name.
+
+    Returns:
+      {field: flag value} for the flags whose value is not None.
+    """
+    return {
+        name: holder.value
+        for name, holder in flags_by_field.items()
+        if holder.value is not None
+    }
+
+
+def run_component(
+    component: base.Component,
+    inputs: Mapping[str, base.Artifact],
+    config: Any,
+    output_dir: str,
+    outputs: Sequence[str],
+) -> dict[str, base.Artifact]:
+    """Runs a component binary's one execution and prints its outputs.
+
+    Args:
+      component: the component.
+      inputs: its input artifacts.
+      config: its typed config.
+      output_dir: --output_dir as typed; empty: a new directory
+        `<home>/<Component>/<time>` (`default_home`).
+      outputs: the output keys; each artifact goes to `<output_dir>/<key>`.
+
+    Returns:
+      The output artifacts by key.
+
+    Raises:
+      ValueError: `output_dir` lies inside the runfiles or source tree.
+    """
+    output_dir = resolve_user_path(output_dir) or os.path.join(
+        default_home(),
+        component.SPEC.name,
+        time.strftime("%Y%m%d-%H%M%S"),
+    )
+    check_output_location(output_dir, "output_dir")
+    result = base.execute(
+        component,
+        inputs,
+        {key: os.path.join(output_dir, key) for key in outputs},
+        config,
+    )
+    print_outputs(result)
+    return result

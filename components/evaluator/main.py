@@ -15,9 +15,6 @@ given on the command line override it.
 
 from __future__ import annotations
 
-import os
-import time
-
 from absl import app, flags
 
 from components import base, cli
@@ -61,13 +58,9 @@ _OUTPUT = flags.DEFINE_string(
 def build_config() -> tuple[evaluator.EvaluatorConfig, dict]:
     """The config from --config_file and flags, and the input artifacts."""
     values = dict(cli.load_config_overrides(_CONFIG.value))
-    for name, flag in (
-        ("split", _SPLIT),
-        ("batch_size", _BATCH),
-        ("max_examples", _MAX),
-    ):
-        if flag.value is not None:
-            values[name] = flag.value
+    values.update(
+        cli.given({"split": _SPLIT, "batch_size": _BATCH, "max_examples": _MAX})
+    )
     thresholds = blessing_lib.parse_thresholds(_VALUE.value, _CHANGE.value)
     if thresholds:
         values["thresholds"] = list(thresholds)
@@ -108,20 +101,13 @@ def build_config() -> tuple[evaluator.EvaluatorConfig, dict]:
 def main(argv):
     del argv  # Unused.
     config, inputs = build_config()
-    output_dir = cli.resolve_user_path(_OUTPUT.value) or os.path.join(
-        cli.default_home(), "Evaluator", time.strftime("%Y%m%d-%H%M%S")
-    )
-    cli.check_output_location(output_dir, "output_dir")
-    outputs = base.execute(
+    cli.run_component(
         evaluator.Evaluator(),
         inputs,
-        {
-            "evaluation": os.path.join(output_dir, "evaluation"),
-            "blessing": os.path.join(output_dir, "blessing"),
-        },
         config,
+        _OUTPUT.value,
+        ["evaluation", "blessing"],
     )
-    cli.print_outputs(outputs)
 
 
 if __name__ == "__main__":

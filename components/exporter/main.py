@@ -12,9 +12,6 @@ Writes `<output_dir>/model` (a Model artifact with `Format-Serving/`) and
 
 from __future__ import annotations
 
-import os
-import time
-
 from absl import app, flags
 
 from components import base, cli
@@ -47,14 +44,17 @@ _OUTPUT = flags.DEFINE_string(
 def build_config() -> tuple[exporter.ExporterConfig, dict]:
     """The config from --config_file and flags, and the input artifacts."""
     values = dict(cli.load_config_overrides(_CONFIG.value))
-    if _NAME.value is not None:
-        values["model_name"] = _NAME.value
-    if _TOP_K.value is not None:
-        values["top_k"] = _TOP_K.value
+    values.update(
+        cli.given(
+            {
+                "model_name": _NAME,
+                "top_k": _TOP_K,
+                "infra_validate": _VALIDATE,
+            }
+        )
+    )
     if _BATCHES.value is not None:
         values["warmup_batch_sizes"] = [int(b) for b in _BATCHES.value]
-    if _VALIDATE.value is not None:
-        values["infra_validate"] = _VALIDATE.value
     inputs = {
         "model": cli.read_input_artifact(_MODEL.value, base.MODEL, "model")
     }
@@ -72,20 +72,13 @@ def build_config() -> tuple[exporter.ExporterConfig, dict]:
 def main(argv):
     del argv  # Unused.
     config, inputs = build_config()
-    output_dir = cli.resolve_user_path(_OUTPUT.value) or os.path.join(
-        cli.default_home(), "Exporter", time.strftime("%Y%m%d-%H%M%S")
-    )
-    cli.check_output_location(output_dir, "output_dir")
-    outputs = base.execute(
+    cli.run_component(
         exporter.Exporter(),
         inputs,
-        {
-            "model": os.path.join(output_dir, "model"),
-            "infra_blessing": os.path.join(output_dir, "infra_blessing"),
-        },
         config,
+        _OUTPUT.value,
+        ["model", "infra_blessing"],
     )
-    cli.print_outputs(outputs)
 
 
 if __name__ == "__main__":

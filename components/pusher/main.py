@@ -12,9 +12,6 @@ PushedModel artifact `<output_dir>/pushed_model` either way.
 
 from __future__ import annotations
 
-import os
-import time
-
 from absl import app, flags
 
 from components import base, cli
@@ -44,13 +41,15 @@ def build_config() -> tuple[pusher.PusherConfig, dict]:
     values = dict(cli.load_config_overrides(_CONFIG.value))
     if _BASE.value is not None:
         values["serving_base"] = cli.resolve_user_path(_BASE.value)
-    for name, flag in (
-        ("model_name", _NAME),
-        ("keep_versions", _KEEP),
-        ("versioning", _VERSIONING),
-    ):
-        if flag.value is not None:
-            values[name] = flag.value
+    values.update(
+        cli.given(
+            {
+                "model_name": _NAME,
+                "keep_versions": _KEEP,
+                "versioning": _VERSIONING,
+            }
+        )
+    )
     inputs = {
         "model": cli.read_input_artifact(_MODEL.value, base.MODEL, "model"),
         "blessing": cli.read_input_artifact(
@@ -69,17 +68,9 @@ def main(argv):
     config, inputs = build_config()
     if not config.serving_base:
         raise app.UsageError("--serving_base is required.")
-    output_dir = cli.resolve_user_path(_OUTPUT.value) or os.path.join(
-        cli.default_home(), "Pusher", time.strftime("%Y%m%d-%H%M%S")
+    cli.run_component(
+        pusher.Pusher(), inputs, config, _OUTPUT.value, ["pushed_model"]
     )
-    cli.check_output_location(output_dir, "output_dir")
-    outputs = base.execute(
-        pusher.Pusher(),
-        inputs,
-        {"pushed_model": os.path.join(output_dir, "pushed_model")},
-        config,
-    )
-    cli.print_outputs(outputs)
 
 
 if __name__ == "__main__":

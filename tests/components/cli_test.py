@@ -1,9 +1,14 @@
-"""Tests for components/cli.py: path resolution under `bazel run`."""
+"""Tests for components/cli.py: user paths, running a component."""
 
+import dataclasses
+import io
+import json
 import os
+from contextlib import redirect_stdout
 from unittest import mock
 
 import tensorflow as tf
+from absl import flags
 
 from components import base, cli
 
@@ -49,6 +54,71 @@ class CliTest(tf.test.TestCase):
         empty = self.create_tempdir().full_path
         with self.assertRaisesRegex(ValueError, "--examples: .*not an"):
             cli.read_input_artifact(empty, base.EXAMPLES, "examples")
+
+    def test_given_keeps_only_flags_the_user_set(self):
+        values = flags.FlagValues()
+        a = flags.DEFINE_integer("a", None, "", flag_values=values)
+        b = flags.DEFINE_string("b", None, "", flag_values=values)
+        c = flags.DEFINE_bool("c", None, "", flag_values=values)
+        values(["prog", "--a=0", "--noc"])
+        self.assertEqual(
+            cli.given({"x": a, "y": b, "z": c}), {"x": 0, "z": False}
+        )
+
+    def test_run_component_writes_each_output_under_output_dir(self):
+        home = self.create_tempdir("home").full_path
+        with mock.patch.dict(os.environ, {"COATNET_HOME": home}):
+            printed = io.StringIO()
+            with redirect_stdout(printed):
+                result = cli.run_component(
+                    _Mark(), {}, _MarkConfig(text="hi"), "", ["marked"]
+                )
+        uri = result["marked"].uri
+        # The default: <home>/<component name>/<time>/<output key>.
+        self.assertEqual(os.path.dirname(os.path.dirname(uri)), f"{home}/Mark")
+        self.assertEqual(os.path.basename(uri), "marked")
+        with open(os.path.join(uri, "mark.txt")) as f:
+            self.assertEqual(f.read(), "hi")
+        self.assertEqual(
+            base.Artifact.read(uri, base.MODEL).properties["chars"], 2
+        )
+        self.assertEqual(json.loads(printed.getvalue())["output"], "marked")
+
+        chosen = self.create_tempdir("chosen").full_path
+        with redirect_stdout(io.StringIO()):
+            result = cli.run_component(
+                _Mark(), {}, _MarkConfig(), chosen, ["marked"]
+            )
+        self.assertEqual(result["marked"].uri, f"{chosen}/marked")
+
+    def test_run_component_refuses_the_source_tree(self):
+        src = self.create_tempdir("src").full_path
+        with mock.patch.dict(os.environ, {"BUILD_WORKSPACE_DIRECTORY": src}):
+            with self.assertRaisesRegex(ValueError, "--output_dir=.*source"):
+                cli.run_component(
+                    _Mark(), {}, _MarkConfig(), f"{src}/o", ["marked"]
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class _MarkConfig:
+    text: str = "x"
+
+
+class _Mark(base.Component):
+    """Writes its config's text into its one output."""
+
+    SPEC = base.ComponentSpec(
+        name="Mark",
+        inputs={},
+        outputs={"marked": base.MODEL},
+        config_type=_MarkConfig,
+    )
+
+    def run(self, inputs, outputs, config):
+        with open(os.path.join(outputs["marked"].uri, "mark.txt"), "w") as f:
+            f.write(config.text)
+        outputs["marked"].properties["chars"] = len(config.text)
 
 
 if __name__ == "__main__":
