@@ -14,8 +14,11 @@ Prints one JSON object:
   peak; mixed_bfloat16 also reports its speedup over float32.
 
 The machine is shared, so peak and model are measured in the same run,
-interleaved in rounds: every figure gives its best round (least disturbed)
-and its median.
+interleaved in rounds: each model measurement is bracketed by two peak
+measurements, and its fraction of peak uses their mean, the machine's rate
+around it rather than seconds before it. Every figure gives its best round
+(least disturbed) and its median; `rounds` lists each round's images/s and
+peak.
 
 CPU runtime settings must be made before TensorFlow loads, so TensorFlow is
 imported in `main` after flag parsing:
@@ -224,20 +227,33 @@ def main(argv):
     forward_flops = coatnet_tf.forward_flops(flops_model, batch_size=1)
     flops = {"forward": forward_flops, "train_step": 3 * forward_flops}
 
-    # Each model measurement follows its own peak measurement, so that the
-    # fraction compares rates taken under the same machine load.
+    def measure_peak() -> dict[str, float]:
+        return {
+            name: n_flops / timed(matmul, 2) / 1e9
+            for name, (matmul, n_flops) in peaks.items()
+        }
+
+    # Each model measurement is bracketed by peak measurements, so that the
+    # fraction compares rates taken under the same machine load (on a
+    # shared host the peak drifts within the ~15 s of a training
+    # measurement; `rounds` records both sides).
     rounds = {(p, k): [] for p in runs for k in ("forward", "train_step")}
     for _ in range(FLAGS.rounds):
         for policy, (_, forward, train_step) in runs.items():
             for kind, fn in (("forward", forward), ("train_step", train_step)):
-                peak = {
-                    name: n_flops / timed(matmul, 2) / 1e9
-                    for name, (matmul, n_flops) in peaks.items()
-                }
+                before = measure_peak()
                 images_per_s = batch / timed(fn, FLAGS.steps)
-                rounds[(policy, kind)].append((images_per_s, peak))
+                after = measure_peak()
+                peak = {k: (before[k] + after[k]) / 2 for k in before}
+                rounds[(policy, kind)].append(
+                    (
+                        images_per_s,
+                        peak,
+                        {"peak_before": before, "peak_after": after},
+                    )
+                )
 
-    all_peaks = [peak for runs_ in rounds.values() for _, peak in runs_]
+    all_peaks = [peak for runs_ in rounds.values() for _, peak, _ in runs_]
     result = {
         "variant": FLAGS.variant,
         "image_size": size,
@@ -262,9 +278,13 @@ def main(argv):
     for policy in runs:
         entry = {}
         for kind in ("forward", "train_step"):
-            measured = rounds[(policy, kind)]
+            measured = [(ips, peak) for ips, peak, _ in rounds[(policy, kind)]]
             gflops = [ips * flops[kind] / 1e9 for ips, _ in measured]
             entry[kind] = {
+                "rounds": [
+                    {"images_per_s": ips, "peak_gflops": peak, **sides}
+                    for ips, peak, sides in rounds[(policy, kind)]
+                ],
                 "images_per_s": summary([ips for ips, _ in measured]),
                 "gflops": summary(gflops),
                 "fraction_of_fp32_peak": summary(
@@ -276,7 +296,7 @@ def main(argv):
                     [g / p["bfloat16"] for g, (_, p) in zip(gflops, measured)]
                 )
                 if "float32" in runs:
-                    base = summary([i for i, _ in rounds[("float32", kind)]])
+                    base = summary([i for i, _, _ in rounds[("float32", kind)]])
                     ours = entry[kind]["images_per_s"]
                     entry[kind]["speedup_vs_float32"] = {
                         k: ours[k] / base[k] for k in base

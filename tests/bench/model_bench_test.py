@@ -65,6 +65,28 @@ class ModelBenchTest(tf.test.TestCase):
                 # A model cannot run 5x above the machine's matmul rate.
                 fraction = entry["fraction_of_fp32_peak"]["median"]
                 self.assertBetween(fraction, 0.0, 5.0)
+                # Each round's fraction is its GFLOP/s over its own peak.
+                rounds = entry["rounds"]
+                self.assertLen(rounds, 2)
+                fractions = [
+                    r["images_per_s"]
+                    * flops
+                    / 1e9
+                    / r["peak_gflops"]["float32"]
+                    for r in rounds
+                ]
+                self.assertAllClose(
+                    max(fractions), entry["fraction_of_fp32_peak"]["best"]
+                )
+                for r in rounds:  # The mean of the two bracketing peaks.
+                    self.assertAllClose(
+                        r["peak_gflops"]["float32"],
+                        (
+                            r["peak_before"]["float32"]
+                            + r["peak_after"]["float32"]
+                        )
+                        / 2,
+                    )
                 profile = entry["op_profile"]["fraction"]
                 self.assertAllClose(sum(profile.values()), 1.0)
         speedup = report["mixed_bfloat16"]["train_step"]["speedup_vs_float32"]
