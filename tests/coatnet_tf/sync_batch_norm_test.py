@@ -4,12 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 import coatnet_tf
+from tests import devices
 
-# Two logical CPUs for MirroredStrategy; must precede any op.
-_CPU = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    _CPU, [tf.config.LogicalDeviceConfiguration()] * 2
-)
+devices.split_cpu(2)  # For MirroredStrategy; before any op runs.
 
 
 def moving_variance_after_one_step(sync: bool) -> np.ndarray:

@@ -7,12 +7,9 @@ import tf_keras
 import coatnet_tf
 from components.trainer import config as config_lib
 from components.trainer import losses, optimization
+from tests import devices
 
-# Two logical CPUs for MirroredStrategy; must precede any op.
-_CPU = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    _CPU, [tf.config.LogicalDeviceConfiguration()] * 2
-)
+devices.split_cpu(2)  # For MirroredStrategy; before any op runs.
 
 
 def _lr(decay, total=100, warmup=10, peak=1e-3, end=1e-5):
