@@ -240,10 +240,14 @@ def forward_flops(model, batch_size: int = 1) -> int:
 
 def graph_flops(graph: tf.Graph) -> int:
     """The FLOPs of a traced graph (see `forward_flops`)."""
+    return int(_float_op_profile(graph).total_float_ops)
+
+
+def _float_op_profile(graph: tf.Graph):
+    """`tf.compat.v1.profiler`'s float-operation view of `graph`, by op."""
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    profile = tf.compat.v1.profiler.profile(graph, options=options, cmd="op")
-    return int(profile.total_float_ops)
+    return tf.compat.v1.profiler.profile(graph, options=options, cmd="op")
 
 
 def forward_flops_by_op(model, batch_size: int = 1) -> dict[str, int]:
@@ -256,11 +260,7 @@ def forward_flops_by_op(model, batch_size: int = 1) -> dict[str, int]:
     Returns:
       {op type: FLOPs}, e.g. {"MatMul": ..., "Conv2D": ...}.
     """
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    profile = tf.compat.v1.profiler.profile(
-        forward_graph(model, batch_size), options=options, cmd="op"
-    )
+    profile = _float_op_profile(forward_graph(model, batch_size))
     # The "op" view has one node per op type (nested for display); each
     # node's own count is `float_ops`.
     counts = collections.Counter()
