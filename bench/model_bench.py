@@ -244,16 +244,18 @@ def main(argv):
                 before = measure_peak()
                 images_per_s = batch / timed(fn, FLAGS.steps)
                 after = measure_peak()
-                peak = {k: (before[k] + after[k]) / 2 for k in before}
                 rounds[(policy, kind)].append(
-                    (
-                        images_per_s,
-                        peak,
-                        {"peak_before": before, "peak_after": after},
-                    )
+                    {
+                        "images_per_s": images_per_s,
+                        "peak_gflops": {
+                            k: (before[k] + after[k]) / 2 for k in before
+                        },
+                        "peak_before": before,
+                        "peak_after": after,
+                    }
                 )
 
-    all_peaks = [peak for runs_ in rounds.values() for _, peak, _ in runs_]
+    all_peaks = [r["peak_gflops"] for rs in rounds.values() for r in rs]
     result = {
         "variant": FLAGS.variant,
         "image_size": size,
@@ -278,25 +280,26 @@ def main(argv):
     for policy in runs:
         entry = {}
         for kind in ("forward", "train_step"):
-            measured = [(ips, peak) for ips, peak, _ in rounds[(policy, kind)]]
-            gflops = [ips * flops[kind] / 1e9 for ips, _ in measured]
+            measured = rounds[(policy, kind)]
+            ips = [r["images_per_s"] for r in measured]
+            peak = [r["peak_gflops"] for r in measured]
+            gflops = [i * flops[kind] / 1e9 for i in ips]
             entry[kind] = {
-                "rounds": [
-                    {"images_per_s": ips, "peak_gflops": peak, **sides}
-                    for ips, peak, sides in rounds[(policy, kind)]
-                ],
-                "images_per_s": summary([ips for ips, _ in measured]),
+                "rounds": measured,
+                "images_per_s": summary(ips),
                 "gflops": summary(gflops),
                 "fraction_of_fp32_peak": summary(
-                    [g / p["float32"] for g, (_, p) in zip(gflops, measured)]
+                    [g / p["float32"] for g, p in zip(gflops, peak)]
                 ),
             }
             if policy != "float32":
                 entry[kind]["fraction_of_bf16_peak"] = summary(
-                    [g / p["bfloat16"] for g, (_, p) in zip(gflops, measured)]
+                    [g / p["bfloat16"] for g, p in zip(gflops, peak)]
                 )
                 if "float32" in runs:
-                    base = summary([i for i, _, _ in rounds[("float32", kind)]])
+                    base = summary(
+                        [r["images_per_s"] for r in rounds[("float32", kind)]]
+                    )
                     ours = entry[kind]["images_per_s"]
                     entry[kind]["speedup_vs_float32"] = {
                         k: ours[k] / base[k] for k in base
