@@ -64,6 +64,22 @@ class ComponentCliTest(tf.test.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr[-4000:])
         return result
 
+    def _push(self, output: str, *flags: str) -> base.Artifact:
+        """Runs the Pusher on the export; returns its PushedModel."""
+        root = self.root
+        self._ok(
+            "components.pusher.main",
+            f"--model={root}/Exporter/model",
+            f"--blessing={root}/Evaluator/blessing",
+            f"--serving_base={root}/store",
+            "--model_name=pets",
+            f"--output_dir={root}/{output}",
+            *flags,
+        )
+        return base.Artifact.read(
+            f"{root}/{output}/pushed_model", base.PUSHED_MODEL
+        )
+
     def test_evaluate_export_push(self):
         root = self.root
         self._ok(
@@ -108,33 +124,14 @@ class ComponentCliTest(tf.test.TestCase):
         self.assertFalse(infra_validation.is_infra_blessed(infra))
 
         # With the infra blessing as an input, the Pusher refuses.
-        self._ok(
-            "components.pusher.main",
-            f"--model={root}/Exporter/model",
-            f"--blessing={root}/Evaluator/blessing",
-            f"--infra_blessing={root}/Exporter/infra_blessing",
-            f"--serving_base={root}/store",
-            "--model_name=pets",
-            f"--output_dir={root}/Refused",
-        )
-        refused = base.Artifact.read(
-            f"{root}/Refused/pushed_model", base.PUSHED_MODEL
+        refused = self._push(
+            "Refused", f"--infra_blessing={root}/Exporter/infra_blessing"
         )
         self.assertEqual(refused.properties["pushed"], 0)
         self.assertIn("not INFRA_BLESSED", refused.properties["reason"])
         self.assertEqual(_versions(f"{root}/store/pets"), [])
 
-        self._ok(
-            "components.pusher.main",
-            f"--model={root}/Exporter/model",
-            f"--blessing={root}/Evaluator/blessing",
-            f"--serving_base={root}/store",
-            "--model_name=pets",
-            f"--output_dir={root}/Pusher",
-        )
-        pushed = base.Artifact.read(
-            f"{root}/Pusher/pushed_model", base.PUSHED_MODEL
-        )
+        pushed = self._push("Pusher")
         self.assertEqual(pushed.properties["pushed"], 1)
         versions = _versions(f"{root}/store/pets")
         self.assertEqual(versions, [pushed.properties["pushed_version"]])
