@@ -12,7 +12,13 @@ setuptools.setup(
     name="coatnet-pipeline",
     version="0.1.0",
     packages=setuptools.find_packages(
-        include=["coatnet_tf*", "components*", "configs*", "pipeline*"]
+        include=[
+            "coatnet_tf*",
+            "components*",
+            "configs*",
+            "pipeline*",
+            "storage*",
+        ]
     ),
     python_requires=">=3.11,<3.12",
 )

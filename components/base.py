@@ -39,6 +39,8 @@ from typing import Any, ClassVar, Union
 
 import tensorflow as tf
 
+from storage import objstore
+
 ARTIFACT_FILE = "_artifact.json"
 EXECUTION_FILE = "_execution.json"
 
@@ -384,7 +386,12 @@ def _type_hints(config_type: type) -> dict[str, Any]:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Writes JSON atomically (temp file, then rename) on any filesystem."""
+    """Writes JSON atomically (temp file, then rename) on any filesystem;
+    on local disk also fsynced, so a power loss leaves old or new content."""
+    if "://" not in path:
+        text = json.dumps(data, indent=2, sort_keys=True, default=str)
+        objstore.write_atomic(path, (text + "\n").encode())
+        return
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     tmp = f"{path}.tmp-{os.getpid()}"
     with tf.io.gfile.GFile(tmp, "w") as f:

@@ -4,6 +4,7 @@ Layout under a pipeline root (local path or gs://), as TFX lays it out:
 
   <root>/<component_id>/<output_key>/<execution_id>/   an output artifact
   <root>/ledger.json                                   the run ledger
+  <root>/ledger.json.prev                              its previous copy
   <root>/runs/<run_id>/                                run reports
   <root>/.lock                                         the run lock
 
@@ -25,6 +26,7 @@ from typing import Any
 import tensorflow as tf
 
 from components import base
+from storage import objstore
 
 LEDGER_FILE = "ledger.json"
 
@@ -249,12 +251,14 @@ class ArtifactStore:
         return chain
 
     def _load(self) -> dict[str, Any]:
-        if not tf.io.gfile.exists(self._path):
+        # A damaged ledger falls back to ledger.json.prev (objstore).
+        try:
+            return objstore.read_json(self._path)
+        except FileNotFoundError:
             return {"next_id": 1, "executions": []}
-        return base.read_json(self._path)
 
     def _save(self, data: dict[str, Any]) -> None:
-        base.write_json(self._path, data)
+        objstore.write_json(self._path, data)
 
 
 def _now() -> str:

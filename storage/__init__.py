@@ -1,0 +1,1 @@
+"""Crash-safe small files on local disk and object stores."""
