@@ -1,0 +1,98 @@
+"""The run ledger survives kill -9 mid-write and a damaged ledger.json."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import tensorflow as tf
+
+from pipeline import store as store_lib
+from storage import objstore
+from tests import child_env
+
+# Records executions as fast as it can until killed.
+_RECORDER = """
+import sys
+from pipeline import store as store_lib
+store = store_lib.ArtifactStore(sys.argv[1])
+n = 0
+while True:
+    n += 1
+    store.start(
+        run_id="r", pipeline="p", component_id=f"C.{n}",
+        cache_key="k" * 64, inputs={}, config={"pad": "x" * 2000},
+    )
+    if n == 5:
+        print("RECORDING", flush=True)
+"""
+
+
+def _record(store: store_lib.ArtifactStore, name: str):
+    return store.start(
+        run_id="r",
+        pipeline="p",
+        component_id=name,
+        cache_key=name,
+        inputs={},
+        config={},
+    )
+
+
+class LedgerTest(tf.test.TestCase):
+    def test_sigkill_while_recording_leaves_a_readable_ledger(self):
+        root = self.create_tempdir().full_path
+        seen = 0
+        for _ in range(3):
+            child = subprocess.Popen(
+                [sys.executable, "-c", _RECORDER, root],
+                env=child_env.python_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.assertEqual(child.stdout.readline().strip(), "RECORDING")
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+            executions = store_lib.ArtifactStore(root).executions()
+            ids = [e.id for e in executions]
+            # Every recorded id is there, none twice, none skipped.
+            self.assertEqual(ids, list(range(1, len(ids) + 1)))
+            self.assertGreater(len(ids), seen)
+            seen = len(ids)
+
+    def test_truncated_ledger_falls_back_to_previous_copy(self):
+        root = self.create_tempdir().full_path
+        store = store_lib.ArtifactStore(root)
+        _record(store, "A")
+        _record(store, "B")
+        path = os.path.join(root, store_lib.LEDGER_FILE)
+        with open(path, "rb") as f:
+            whole = f.read()
+        with open(path, "wb") as f:
+            f.write(whole[: len(whole) // 2])
+        with self.assertLogs(level="WARNING") as logs:
+            names = [e.component_id for e in store.executions()]
+        self.assertEqual(names, ["A"])
+        self.assertIn("ledger.json.prev", logs.output[0])
+        # Work goes on from the recovered ledger.
+        _record(store, "C")
+        names = [e.component_id for e in store.executions()]
+        self.assertEqual(names, ["A", "C"])
+
+    def test_empty_ledger_without_previous_copy_is_named(self):
+        root = self.create_tempdir().full_path
+        path = os.path.join(root, store_lib.LEDGER_FILE)
+        with open(path, "wb"):
+            pass
+        store = store_lib.ArtifactStore(root)
+        with self.assertRaisesRegex(
+            objstore.CorruptFileError, "ledger.json is empty"
+        ):
+            store.executions()
+
+
+if __name__ == "__main__":
+    tf.test.main()
