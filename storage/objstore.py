@@ -19,10 +19,14 @@ version names one content). Local compare-and-swap serialises on an
 advisory `flock` of a sidecar file, which the kernel drops when its holder
 dies, so a killed process never leaves it held.
 
-TensorFlow's own gs:// client (tf.io.gfile) cannot express preconditions
-and its endpoint is fixed at https://www.googleapis.com, so it cannot be
-pointed at an emulator; gs:// goes through google-cloud-storage, which
-honours STORAGE_EMULATOR_HOST (then with anonymous credentials).
+Local files go through `os`, not tf.io.gfile, which has no fsync, link or
+flock. TensorFlow's own gs:// client (tf.io.gfile) cannot express
+preconditions and its endpoint is fixed at https://www.googleapis.com, so
+it cannot be pointed at an emulator; gs:// goes through
+google-cloud-storage, which honours STORAGE_EMULATOR_HOST (then with
+anonymous credentials). On deletes the emulator the tests use
+(fake-gcs-server) ignores ifGenerationMatch, so `delete` also compares the
+generation itself; GCS enforces the precondition.
 
 JSON state files (`write_json`/`read_json`) keep the previous good content
 in `<path>.prev`: a reader that finds `<path>` empty, truncated or not JSON
