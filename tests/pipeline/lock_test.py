@@ -150,13 +150,13 @@ class _LockCases:
 
     def test_live_lease_is_renewed(self):
         root = self.new_root()
-        holder = _Child(root, hold=12.0, lease=1.5, beat=0.3)
+        holder = _Child(root, hold=16.0, lease=3.0, beat=0.5)
         self.assertEqual(holder.first_line(), "ACQUIRED")
         first = json.loads(objstore.read(self.lock_path(root)).data)
-        time.sleep(3.5)  # More than twice the lease.
+        time.sleep(7.0)  # More than twice the lease.
         renewed = json.loads(objstore.read(self.lock_path(root)).data)
         self.assertEqual(renewed["token"], first["token"])
-        self.assertGreater(renewed["expires"], first["expires"] + 2.0)
+        self.assertGreater(renewed["expires"], first["expires"] + 4.0)
         code, out = _Child(root).finish()
         self.assertEqual(code, HELD, out)
         code, out = holder.finish()
