@@ -225,29 +225,105 @@ def is_unsafe_member(name: str) -> bool:
     return ".." in path.split("/")
 
 
-def list_files(directory: str) -> list[str]:
-    """All files under `directory` (recursively), relative, sorted."""
+def escape_bytes(raw: bytes) -> str:
+    """A file name's bytes as text: UTF-8 as is, else %-escaped.
+
+    Names that are not UTF-8 (Latin-1 names are common in old tars and
+    folders) cannot be written as text; each byte that is not printable
+    ASCII, and `%` itself, becomes `%XX`, which
+    `urllib.parse.unquote_to_bytes` reverses.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(
+            chr(b) if 0x20 < b < 0x7F and b != 0x25 else f"%{b:02X}"
+            for b in raw
+        )
+
+
+def escape_name(name: str) -> str:
+    """`escape_bytes` of a name decoded with `surrogateescape`."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return escape_bytes(name.encode("utf-8", "surrogateescape"))
+
+
+def is_local(path: str | bytes) -> bool:
+    """A local path (no URI scheme), or the raw bytes of one."""
+    return isinstance(path, bytes) or "://" not in path
+
+
+def list_files(directory: str | bytes) -> list[tuple[str, str | bytes]]:
+    """All files under `directory` (recursively), sorted.
+
+    Local folders are listed with `os.walk` on bytes, because
+    `tf.io.gfile` raises on a name that is not UTF-8.
+
+    Args:
+      directory: a folder, or the raw bytes of a local folder's path.
+
+    Returns:
+      (relative name, path to read) pairs. The name is escaped when it is
+      not UTF-8 (`escape_bytes`), and the path is then the raw bytes of
+      the local path, which `read_limited` opens.
+    """
     found = []
+    if is_local(directory):
+        top = os.fsencode(directory)
+        for root, _, files in os.walk(top):
+            rel_root = os.path.relpath(root, top)
+            for name in files:
+                raw = name if rel_root == b"." else os.path.join(rel_root, name)
+                full = os.path.join(top, raw)
+                rel = escape_bytes(raw)
+                if rel.encode("utf-8") == raw:
+                    full = full.decode("utf-8")
+                found.append((rel, full))
+        return sorted(found)
     for root, _, files in tf.io.gfile.walk(directory):
         rel_root = os.path.relpath(root.rstrip("/"), directory.rstrip("/"))
         for name in files:
             rel = name if rel_root == "." else posixpath.join(rel_root, name)
-            found.append(rel)
+            found.append((rel, posixpath.join(directory, rel)))
     return sorted(found)
 
 
-def list_subdirs(directory: str) -> list[str]:
-    """The names of the immediate subdirectories, sorted."""
-    names = []
+def list_subdirs(directory: str) -> list[tuple[str, str | bytes]]:
+    """The immediate subdirectories, sorted: (name, path) pairs.
+
+    Names that are not UTF-8 are escaped and their path is bytes, as in
+    `list_files`.
+    """
+    found = []
+    if is_local(directory):
+        top = os.fsencode(directory)
+        for raw in os.listdir(top):
+            full = os.path.join(top, raw)
+            if os.path.isdir(full):
+                name = escape_bytes(raw)
+                if name.encode("utf-8") == raw:
+                    full = full.decode("utf-8")
+                found.append((name, full))
+        return sorted(found)
     for entry in tf.io.gfile.listdir(directory):
         name = entry.rstrip("/")
-        if tf.io.gfile.isdir(posixpath.join(directory, name)):
-            names.append(name)
-    return sorted(names)
+        path = posixpath.join(directory, name)
+        if tf.io.gfile.isdir(path):
+            found.append((name, path))
+    return sorted(found)
 
 
-def read_limited(path: str, max_bytes: int) -> bytes:
-    """Reads at most `max_bytes + 1` bytes (enough to see it is too big)."""
+def read_limited(path: str | bytes, max_bytes: int) -> bytes:
+    """Reads at most `max_bytes + 1` bytes (enough to see it is too big).
+
+    A bytes `path` is a local file whose name is not UTF-8.
+    """
+    if isinstance(path, bytes):
+        with open(path, "rb") as f:
+            return f.read(max_bytes + 1)
     with tf.io.gfile.GFile(path, "rb") as f:
         return f.read(max_bytes + 1)
 
