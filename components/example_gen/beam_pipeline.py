@@ -42,9 +42,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 import posixpath
-import stat
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -136,10 +134,6 @@ def _fingerprint_part(entry_digest: str, fallback: str) -> int:
     return records.stable_hash(fallback)
 
 
-def _message(error: Exception) -> str:
-    return f"{type(error).__name__}: {getattr(error, 'message', error)}"
-
-
 def _counter(name: str):
     return beam.metrics.Metrics.counter(_NAMESPACE, name)
 
@@ -210,53 +204,12 @@ class ConvertFn(beam.DoFn):
         self._check_leakage = check_leakage
         self._converted = _counter("converted")
 
-    def _read(self, item: dict[str, Any]) -> bytes | dict[str, Any]:
-        """The item's bytes, or a reject when the file cannot be read."""
-        if item["data"] is not None:
-            return item["data"]
-        split, where, path = item["split"], item["source"], item["path"]
-        try:
-            if sources.is_local(path):
-                # A FIFO or device would block or stream forever.
-                mode = os.stat(path).st_mode
-                if not stat.S_ISREG(mode):
-                    return records.make_reject(
-                        split, where, records.NOT_A_FILE, "not a regular file"
-                    )
-            return sources.read_limited(path, self._options.max_file_bytes)
-        except (tf.errors.NotFoundError, FileNotFoundError) as e:
-            return records.make_reject(
-                split, where, records.MISSING_FILE, _message(e)
-            )
-        except (tf.errors.FailedPreconditionError, IsADirectoryError) as e:
-            return records.make_reject(
-                split, where, records.NOT_A_FILE, _message(e)
-            )
-        except tf.errors.UnimplementedError as e:  # No such file system.
-            return records.make_reject(
-                split, where, records.UNSUPPORTED_SCHEME, _message(e)
-            )
-        except (
-            tf.errors.PermissionDeniedError,
-            tf.errors.DataLossError,
-            tf.errors.InvalidArgumentError,
-            tf.errors.OutOfRangeError,
-            PermissionError,
-            OSError,
-            ValueError,
-        ) as e:
-            return records.make_reject(
-                split, where, records.UNREADABLE_FILE, _message(e)
-            )
-        # Other errors (unavailable, deadline, ...) propagate: the runner
-        # retries the bundle rather than dropping images on a hiccup.
-
     def process(self, entry: tuple[str, dict[str, Any]]):
         kind, item = entry
         if kind == records.REJECT:
             yield entry
             return
-        data = self._read(item)
+        data = sources.read_item(item, self._options.max_file_bytes)
         if isinstance(data, dict):
             yield records.REJECT, data
             return

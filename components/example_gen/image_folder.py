@@ -167,7 +167,19 @@ class ImageFolderSource(sources.Source):
             yield from self._read_flat(unit)
             return
         directory = unit["dir"]
-        pairs = sources.list_files(directory) if directory else []
+        try:
+            pairs = sources.list_files(directory) if directory else []
+        except OSError as e:
+            yield (
+                records.REJECT,
+                records.make_reject(
+                    split,
+                    unit["missing_where"],
+                    records.UNREADABLE_FILE,
+                    f"cannot list the class folder: {e}",
+                ),
+            )
+            return
         files = [rel for rel, _ in pairs]
         if not files:
             where = unit["missing_where"]

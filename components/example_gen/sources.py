@@ -23,6 +23,7 @@ import dataclasses
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -256,6 +257,10 @@ def is_local(path: str | bytes) -> bool:
     return isinstance(path, bytes) or "://" not in path
 
 
+def _raise(error: OSError) -> None:
+    raise error  # os.walk would skip an unreadable folder in silence.
+
+
 def list_files(directory: str | bytes) -> list[tuple[str, str | bytes]]:
     """All files under `directory` (recursively), sorted.
 
@@ -269,11 +274,14 @@ def list_files(directory: str | bytes) -> list[tuple[str, str | bytes]]:
       (relative name, path to read) pairs. The name is escaped when it is
       not UTF-8 (`escape_bytes`), and the path is then the raw bytes of
       the local path, which `read_limited` opens.
+
+    Raises:
+      OSError: a local folder cannot be listed.
     """
     found = []
     if is_local(directory):
         top = os.fsencode(directory)
-        for root, _, files in os.walk(top):
+        for root, _, files in os.walk(top, onerror=_raise):
             rel_root = os.path.relpath(root, top)
             for name in files:
                 raw = name if rel_root == b"." else os.path.join(rel_root, name)
@@ -326,6 +334,59 @@ def read_limited(path: str | bytes, max_bytes: int) -> bytes:
             return f.read(max_bytes + 1)
     with tf.io.gfile.GFile(path, "rb") as f:
         return f.read(max_bytes + 1)
+
+
+def _message(error: Exception) -> str:
+    return f"{type(error).__name__}: {getattr(error, 'message', error)}"
+
+
+def read_item(item: dict[str, Any], max_bytes: int) -> bytes | dict[str, Any]:
+    """An item's bytes, or a reject when its file cannot be read.
+
+    Args:
+      item: an item (`records.make_item`) with inline `data` or a `path`.
+      max_bytes: read at most this many bytes and one more.
+
+    Returns:
+      The bytes, or a reject (missing, not a regular file, unsupported
+      file system, unreadable).
+    """
+    if item["data"] is not None:
+        return item["data"]
+    split, where, path = item["split"], item["source"], item["path"]
+    try:
+        if is_local(path):
+            # A FIFO or device would block or stream forever.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return records.make_reject(
+                    split, where, records.NOT_A_FILE, "not a regular file"
+                )
+        return read_limited(path, max_bytes)
+    except (tf.errors.NotFoundError, FileNotFoundError) as e:
+        return records.make_reject(
+            split, where, records.MISSING_FILE, _message(e)
+        )
+    except (tf.errors.FailedPreconditionError, IsADirectoryError) as e:
+        return records.make_reject(
+            split, where, records.NOT_A_FILE, _message(e)
+        )
+    except tf.errors.UnimplementedError as e:  # No such file system.
+        return records.make_reject(
+            split, where, records.UNSUPPORTED_SCHEME, _message(e)
+        )
+    except (
+        tf.errors.PermissionDeniedError,
+        tf.errors.DataLossError,
+        tf.errors.InvalidArgumentError,
+        tf.errors.OutOfRangeError,
+        OSError,
+        ValueError,
+    ) as e:
+        return records.make_reject(
+            split, where, records.UNREADABLE_FILE, _message(e)
+        )
+    # Other errors (unavailable, deadline, ...) propagate: the runner
+    # retries the bundle rather than dropping images on a hiccup.
 
 
 def make_source(
