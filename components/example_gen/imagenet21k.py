@@ -151,7 +151,10 @@ class ImageNet21kSource(sources.Source):
                 damage = tar_check.Damage(
                     end,
                     f"unreadable after {len(members)} members: {e}",
-                    1 + tar_check.count_members_after(f, end + 512, size),
+                    1
+                    + tar_check.count_members_after(
+                        f, end + tar_check.BLOCK, size
+                    ),
                 )
         if damage is None:
             # tarfile ends quietly at a bad header: look for ourselves.
