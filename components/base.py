@@ -232,7 +232,8 @@ def execute(
     finished = time.time()
     record = {
         "component": spec.name,
-        "config": config_to_json(config),
+        # Configs holding secrets (Beam options) record a redacted copy.
+        "config": config_to_json(getattr(config, "redacted", lambda: config)()),
         "inputs": {k: a.to_json() for k, a in inputs.items()},
         "outputs": {k: a.to_json() for k, a in outputs.items()},
         "started": _iso(started),

@@ -5,7 +5,9 @@
                        +-> unit summaries
     records + every (split, shard) key -> GroupByKey -> WriteShard
                                              -> summaries, duplicates
-    rejects + duplicates -> GroupByKey -> WriteRejects -> summary
+    rejects + duplicates + every reject shard key -> GroupByKey
+                                             -> WriteRejects -> summaries
+    (digest, split, source) -> GroupByKey -> leaks across splits
     all summaries -> GroupByKey -> WriteStats (stats.json)
 
 - The discovery step fans a few thousand units (class folders, tars,
@@ -23,10 +25,16 @@
   outputs of a DoFn into its main output. For the same reason the graph
   ends in a single transform (`WriteStats`): the DaskRunner computes only
   the last transform's lineage.
+- Rejects go to `num_reject_shards` files by a hash of their source, so
+  a run with millions of rejects does not gather them on one worker.
+- Byte-identical images in different splits (train/validation leakage)
+  are found by grouping the digests of every converted image, and
+  reported; only the digests and sources travel, never the bytes.
 - `WriteStats` writes the totals (discovered, written per split and
-  class, rejects by reason, the input fingerprint) to `stats.json`; the
-  component asserts written + rejected == discovered from it. Beam
-  counters carry the same numbers for runners with metrics.
+  class, rejects by reason, the damaged archives and what they lost, the
+  leaks, the input fingerprint) to `stats.json`; the component asserts
+  written + rejected == discovered + lost-in-damaged-archives from it.
+  Beam counters carry the same numbers for runners with metrics.
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ from components.example_gen import images, records, sources
 
 SUMMARY = "summary"
 RECORD = "record"
+DIGEST = "digest"
+LEAK = "leak"
+# Leaked images listed in the stats (all are counted).
+_MAX_LEAKS_LISTED = 1000
 CLASS_COUNT = "class_count"
 _NAMESPACE = "example_gen"
 _MASK64 = (1 << 64) - 1
@@ -60,11 +72,13 @@ class Layout:
       uri: the artifact root.
       num_shards: (split, shard count) pairs.
       compression: `GZIP` or `NONE`.
+      num_reject_shards: files of `rejects/`.
     """
 
     uri: str
     num_shards: tuple[tuple[str, int], ...]
     compression: str
+    num_reject_shards: int = 1
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -82,10 +96,19 @@ class Layout:
         )
 
     @property
-    def rejects_path(self) -> str:
+    def rejects_dir(self) -> str:
+        return posixpath.join(self.uri, "rejects")
+
+    def rejects_path(self, shard: int) -> str:
         return posixpath.join(
-            self.uri, "rejects", "rejects-00000-of-00001.jsonl"
+            self.rejects_dir,
+            f"rejects-{shard:05d}-of-{self.num_reject_shards:05d}.jsonl",
         )
+
+    @property
+    def rejects_pattern(self) -> str:
+        """The reject files, relative to the artifact root (a glob)."""
+        return f"rejects/rejects-*-of-{self.num_reject_shards:05d}.jsonl"
 
     @property
     def work_dir(self) -> str:
@@ -115,55 +138,78 @@ def _counter(name: str):
     return beam.metrics.Metrics.counter(_NAMESPACE, name)
 
 
+def _is_damage(entry: tuple[str, Any]) -> bool:
+    return (
+        entry[0] == records.REJECT
+        and entry[1]["reason"] == records.DAMAGED_ARCHIVE
+    )
+
+
 class DiscoverFn(beam.DoFn):
-    """Unit -> its entries, then one summary with the number discovered."""
+    """Unit -> its entries, then one summary with the number discovered.
+
+    A `damaged_archive` reject is not a discovered entry: it stands for
+    the unread rest of an archive, so it is counted as lost, and
+    written + rejected == discovered + lost.
+    """
 
     def __init__(self, source: sources.Source):
         self._source = source
         self._discovered = _counter("discovered")
+        self._lost = _counter("lost_in_damaged_archives")
 
     def process(self, unit: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-        count = 0
+        count, damaged = 0, []
         for entry in self._source.read(unit):
-            count += 1
+            if _is_damage(entry):
+                r = entry[1]
+                damaged.append(
+                    {
+                        "archive": r["source"],
+                        "offset": r.get("offset"),
+                        "members_lost": r.get("members_lost"),
+                        "problem": r["error"],
+                    }
+                )
+            else:
+                count += 1
             yield entry
         self._discovered.inc(count)
-        yield SUMMARY, {"type": "unit", "id": unit["id"], "discovered": count}
+        self._lost.inc(len(damaged))
+        yield (
+            SUMMARY,
+            {
+                "type": "unit",
+                "id": unit["id"],
+                "discovered": count,
+                "lost": len(damaged),
+                "damaged": damaged,
+            },
+        )
 
 
 class ConvertFn(beam.DoFn):
     """Entry -> (RECORD, ((split, shard), record)) or (REJECT, reject)."""
 
-    def __init__(self, options: images.ImageOptions, layout: Layout, seed: int):
+    def __init__(
+        self,
+        options: images.ImageOptions,
+        layout: Layout,
+        seed: int,
+        check_leakage: bool = False,
+    ):
         self._options = options
         self._num_shards = dict(layout.num_shards)
         self._seed = seed
+        self._check_leakage = check_leakage
         self._converted = _counter("converted")
-
-    def _read(self, item: dict[str, Any]) -> bytes | dict[str, Any]:
-        """The item's bytes, or a reject when the file is not there."""
-        if item["data"] is not None:
-            return item["data"]
-        split, where = item["split"], item["source"]
-        try:
-            return sources.read_limited(
-                item["path"], self._options.max_file_bytes
-            )
-        except tf.errors.NotFoundError as e:
-            return records.make_reject(
-                split, where, records.MISSING_FILE, e.message
-            )
-        except (tf.errors.FailedPreconditionError, IsADirectoryError) as e:
-            return records.make_reject(split, where, records.NOT_A_FILE, str(e))
-        # Other errors (unavailable, deadline, ...) propagate: the runner
-        # retries the bundle rather than dropping images on a hiccup.
 
     def process(self, entry: tuple[str, dict[str, Any]]):
         kind, item = entry
         if kind == records.REJECT:
             yield entry
             return
-        data = self._read(item)
+        data = sources.read_item(item, self._options.max_file_bytes)
         if isinstance(data, dict):
             yield records.REJECT, data
             return
@@ -199,6 +245,8 @@ class ConvertFn(beam.DoFn):
             image.conversions,
         )
         yield RECORD, ((split, shard % self._num_shards[split]), record)
+        if self._check_leakage:
+            yield DIGEST, (data_digest, (split, item["source"]))
 
 
 class WriteShardFn(beam.DoFn):
@@ -286,14 +334,14 @@ def _dedupe(batch: list[Any]) -> tuple[list[Any], list[tuple[Any, Any]]]:
 
 
 class WriteRejectsFn(beam.DoFn):
-    """All rejects -> `rejects/rejects-00000-of-00001.jsonl`; a summary."""
+    """One shard of rejects -> `rejects/rejects-SSSSS-of-NNNNN.jsonl`."""
 
     def __init__(self, layout: Layout):
         self._layout = layout
         self._rejected = _counter("rejected")
 
     def process(self, keyed: tuple[int, Iterable[Any]]):
-        _, values = keyed
+        shard, values = keyed
         rejects = sorted(
             (v for v in values if v is not None),
             key=lambda r: (r["split"], r["source"], r["reason"], r["error"]),
@@ -309,7 +357,7 @@ class WriteRejectsFn(beam.DoFn):
                 for r in rejects:
                     f.write(json.dumps(r, sort_keys=True) + "\n")
 
-        _write_atomically(self._layout.rejects_path, write)
+        _write_atomically(self._layout.rejects_path(shard), write)
         total, xor = 0, 0
         for r in rejects:
             part = _fingerprint_part(r["digest"], r["source"] + r["reason"])
@@ -319,12 +367,23 @@ class WriteRejectsFn(beam.DoFn):
             by_split[r["split"]][r["reason"]] += 1
         yield {
             "type": "rejects",
+            "shard": shard,
             "count": len(rejects),
-            "by_reason": dict(sorted(by_reason.items())),
-            "by_split": {
-                s: dict(sorted(c.items())) for s, c in by_split.items()
-            },
+            "by_reason": dict(by_reason),
+            "by_split": {s: dict(c) for s, c in by_split.items()},
             "fingerprint": [len(rejects), total, xor],
+        }
+
+
+def _leaks(keyed: tuple[str, Iterable[tuple[str, str]]]):
+    """Digest and its (split, source)s -> a leak summary if >1 split."""
+    digest, copies = keyed
+    copies = sorted(set(copies))
+    if len({split for split, _ in copies}) > 1:
+        yield {
+            "type": LEAK,
+            "digest": digest,
+            "copies": [{"split": s, "source": src} for s, src in copies],
         }
 
 
@@ -350,12 +409,23 @@ class WriteStatsFn(beam.DoFn):
         }
         conversions = collections.Counter()
         fingerprint = [0, 0, 0]
-        stats = {"discovered": 0, "units": 0, "rejects": None}
+        stats = {"discovered": 0, "units": 0, "lost_in_damaged_archives": 0}
+        rejects = {
+            "count": 0,
+            "shards_written": 0,
+            "by_reason": collections.Counter(),
+            "by_split": collections.defaultdict(collections.Counter),
+        }
+        damaged, leaks = [], []
         for s in summaries:
             kind = s["type"]
             if kind == "unit":
                 stats["units"] += 1
                 stats["discovered"] += s["discovered"]
+                stats["lost_in_damaged_archives"] += s["lost"]
+                damaged += s["damaged"]
+            elif kind == LEAK:
+                leaks.append(s)
             elif kind == "shard":
                 split = splits[s["split"]]
                 split["num_examples"] += s["count"]
@@ -366,7 +436,11 @@ class WriteStatsFn(beam.DoFn):
             elif kind == CLASS_COUNT:
                 splits[s["split"]]["class_counts"][s["label"]] += s["count"]
             elif kind == "rejects":
-                stats["rejects"] = {k: v for k, v in s.items() if k != "type"}
+                rejects["count"] += s["count"]
+                rejects["shards_written"] += 1
+                rejects["by_reason"].update(s["by_reason"])
+                for split, reasons in s["by_split"].items():
+                    rejects["by_split"][split].update(reasons)
             if "fingerprint" in s:
                 n, total, xor = s["fingerprint"]
                 fingerprint = [
@@ -376,7 +450,27 @@ class WriteStatsFn(beam.DoFn):
                 ]
         stats["splits"] = splits
         stats["written"] = sum(s["num_examples"] for s in splits.values())
-        stats["rejected"] = stats["rejects"]["count"]
+        rejects["by_reason"] = dict(sorted(rejects["by_reason"].items()))
+        rejects["by_split"] = {
+            s: dict(sorted(c.items()))
+            for s, c in sorted(rejects["by_split"].items())
+        }
+        stats["rejects"] = rejects
+        stats["rejected"] = rejects["count"]
+        stats["damaged_archives"] = sorted(
+            damaged, key=lambda d: (d["archive"], d["offset"] or 0)
+        )
+        leaks.sort(
+            key=lambda x: [(c["split"], c["source"]) for c in x["copies"]]
+        )
+        stats["cross_split_duplicates"] = {
+            "count": len(leaks),
+            "images": sum(len(x["copies"]) for x in leaks),
+            "listed": [
+                {"digest": x["digest"], "copies": x["copies"]}
+                for x in leaks[:_MAX_LEAKS_LISTED]
+            ],
+        }
         stats["conversions"] = dict(sorted(conversions.items()))
         stats["fingerprint"] = "{}-{:016x}-{:016x}".format(*fingerprint)
 
@@ -418,6 +512,10 @@ def _key(value: Any, key: int = 0) -> tuple[int, Any]:
     return key, value
 
 
+def _reject_shard(reject: dict[str, Any], n: int) -> tuple[int, Any]:
+    return records.stable_hash(reject["source"], reject["reason"]) % n, reject
+
+
 def build(
     pipeline: beam.Pipeline,
     source: sources.Source,
@@ -426,6 +524,7 @@ def build(
     options: images.ImageOptions,
     seed: int,
     dedup: bool,
+    check_leakage: bool = True,
 ) -> None:
     """Adds the ExampleGen graph to `pipeline` (see the module docstring).
 
@@ -437,6 +536,7 @@ def build(
       options: image checks and conversion.
       seed: shard placement and order.
       dedup: reject byte-identical images within a split.
+      check_leakage: report byte-identical images in different splits.
     """
     units = pipeline | "Units" >> beam.Create(plan.units)
     discovered = units | "Discover" >> beam.ParDo(DiscoverFn(source))
@@ -445,7 +545,8 @@ def build(
     outcomes = (
         entries
         | "Balance" >> beam.Reshuffle()
-        | "Convert" >> beam.ParDo(ConvertFn(options, layout, seed))
+        | "Convert"
+        >> beam.ParDo(ConvertFn(options, layout, seed, check_leakage))
     )
     keyed_records = _select(outcomes, "Converted", RECORD)
     convert_rejects = _select(outcomes, "Converted", records.REJECT)
@@ -465,19 +566,30 @@ def build(
         | "SumClassCounts" >> beam.CombinePerKey(sum)
         | "ClassCountSummary" >> beam.Map(_class_count_summary)
     )
+    n_rejects = layout.num_reject_shards
     rejects_summary = (
         (
             (convert_rejects, duplicates)
             | "AllRejects" >> beam.Flatten()
-            | "KeyRejects" >> beam.Map(_key),
-            pipeline | "RejectsKey" >> beam.Create([(0, None)]),
+            | "KeyRejects" >> beam.Map(_reject_shard, n_rejects),
+            pipeline
+            | "RejectShardKeys"
+            >> beam.Create([(i, None) for i in range(n_rejects)]),
         )
-        | "WithRejectsKey" >> beam.Flatten()
+        | "WithRejectShards" >> beam.Flatten()
         | "GroupRejects" >> beam.GroupByKey()
         | "WriteRejects" >> beam.ParDo(WriteRejectsFn(layout))
     )
+    summaries = [unit_summaries, shard_summaries, class_counts]
+    summaries.append(rejects_summary)
+    if check_leakage:
+        summaries.append(
+            _select(outcomes, "Converted", DIGEST)
+            | "GroupByDigest" >> beam.GroupByKey()
+            | "FindLeaks" >> beam.FlatMap(_leaks)
+        )
     _ = (
-        (unit_summaries, shard_summaries, class_counts, rejects_summary)
+        tuple(summaries)
         | "AllSummaries" >> beam.Flatten()
         | "KeySummaries" >> beam.Map(_key)
         | "GroupSummaries" >> beam.GroupByKey()

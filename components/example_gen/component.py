@@ -5,14 +5,16 @@
       Split-validation/data_tfrecord-00000-of-00064[.gz] ...
       labels.txt                  class names in index order
       metadata.json               label map, counts, rejects, span, options
-      rejects/rejects-00000-of-00001.jsonl   the dead-letter output
+      rejects/rejects-00000-of-00016.jsonl ...  the dead-letter output
       _artifact.json, _execution.json        (written by base.execute)
 
 `run` resolves the spans, lets the source check its inputs and plan the
 work (so a missing path or an empty pattern fails before any pipeline
 starts), runs the Beam pipeline, then asserts the accounting
-(written + rejected == discovered, every unit read, every shard written)
-before it writes the metadata and sets the artifact's properties.
+(written + rejected == discovered + lost-in-damaged-archives, every unit
+read, every shard written) before it writes the metadata (with the
+damaged archives and any train/validation leakage) and sets the
+artifact's properties.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def _remove_temp_files(layout: beam_pipeline.Layout) -> None:
     final files are complete; the dead attempt's temp file is garbage.
     """
     dirs = [layout.split_dir(s) for s in layout.splits]
-    dirs.append(posixpath.dirname(layout.rejects_path))
+    dirs.append(layout.rejects_dir)
     for directory in dirs:
         for path in tf.io.gfile.glob(posixpath.join(directory, "*.tmp-*")):
             tf.io.gfile.remove(path)
@@ -105,7 +107,10 @@ def _remove_temp_files(layout: beam_pipeline.Layout) -> None:
 def check_accounting(
     stats: Mapping[str, Any], plan: sources.Plan, layout: beam_pipeline.Layout
 ) -> None:
-    """Asserts that every discovered entry was written or rejected.
+    """Asserts that every entry was written or rejected, none lost unseen.
+
+    A damaged archive's unread rest is one `damaged_archive` reject that
+    is not a discovered entry, hence the lost term.
 
     Args:
       stats: the pipeline's `stats.json`.
@@ -117,10 +122,26 @@ def check_accounting(
         shard file is missing.
     """
     written, rejected = stats["written"], stats["rejected"]
-    if written + rejected != stats["discovered"]:
+    lost = stats["lost_in_damaged_archives"]
+    if written + rejected != stats["discovered"] + lost:
         raise AccountingError(
             f"written {written} + rejected {rejected} != discovered "
-            f"{stats['discovered']}."
+            f"{stats['discovered']} + lost in damaged archives {lost}."
+        )
+    damage_rejects = stats["rejects"]["by_reason"].get(
+        records.DAMAGED_ARCHIVE, 0
+    )
+    if damage_rejects != lost or len(stats["damaged_archives"]) != lost:
+        raise AccountingError(
+            f"{damage_rejects} damaged-archive rejects, "
+            f"{len(stats['damaged_archives'])} damaged archives listed, "
+            f"{lost} counted lost."
+        )
+    n = layout.num_reject_shards
+    if stats["rejects"]["shards_written"] != n:
+        raise AccountingError(
+            f"{stats['rejects']['shards_written']} of {n} reject files "
+            "were written."
         )
     if stats["units"] != len(plan.units):
         raise AccountingError(
@@ -154,7 +175,7 @@ def _metadata(config, resolved, plan, layout, stats, outcome) -> dict[str, Any]:
         "inputs": plan.inputs,
         "span": resolved.input.span,
         "version": resolved.input.version,
-        "options": base.config_to_json(config),
+        "options": base.config_to_json(config.redacted()),
         "compression": config.compression,
         "num_shards": dict(layout.num_shards),
         "file_format": _file_format(config.compression),
@@ -169,9 +190,15 @@ def _metadata(config, resolved, plan, layout, stats, outcome) -> dict[str, Any]:
         "discovered": stats["discovered"],
         "written": stats["written"],
         "rejected": stats["rejected"],
+        "lost_in_damaged_archives": stats["lost_in_damaged_archives"],
+        "damaged_archives": stats["damaged_archives"],
+        "cross_split_duplicates": (
+            stats["cross_split_duplicates"] if config.check_leakage else None
+        ),
         "rejects": {
             **stats["rejects"],
-            "path": posixpath.relpath(layout.rejects_path, layout.uri),
+            "path": layout.rejects_pattern,
+            "num_shards": layout.num_reject_shards,
         },
         "conversions": stats["conversions"],
         "fingerprint": stats["fingerprint"],
@@ -223,6 +250,7 @@ class ExampleGen(base.Component):
                 (s, config.split_num_shards(s)) for s in plan.splits
             ),
             compression=config.compression,
+            num_reject_shards=config.num_reject_shards,
         )
         _prepare_output(layout, config.overwrite)
         options = images.ImageOptions(
@@ -241,6 +269,7 @@ class ExampleGen(base.Component):
                 options,
                 config.seed,
                 config.dedup,
+                config.check_leakage,
             )
 
         outcome = runners.run(config, build)

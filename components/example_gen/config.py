@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 # The source modes: class folders, ImageNet-21K per-synset tars,
 # JFT-style multi-label manifests and prepared TFDS datasets.
@@ -37,6 +38,17 @@ COMPRESSIONS = (GZIP, NONE)
 # 9,500 x 9,500 pixels. ImageNet's largest images are far smaller.
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_MAX_FILE_BYTES = 64 << 20
+
+# Beam options whose values are secrets (S3 keys and session tokens, Azure
+# connection strings, passwords, API keys, ...), by a word in their name.
+_SECRET_OPTION = re.compile(
+    r"secret|passw|token|credential|access_key|connection_string|api_?key"
+    r"|private_key|auth",
+    re.IGNORECASE,
+)
+# user:password@ in a URL-valued option (e.g. a Flink or Spark master).
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^/@\s]+@")
+REDACTED = "<redacted>"
 
 # "DirectRunner" is never Beam's switching runner here: see runners.py.
 DIRECT_RUNNER = "DirectRunner"
@@ -96,6 +108,15 @@ class ExampleGenConfig:
         byte-identical shards.
       dedup: reject byte-identical images within a split (the copy with
         the smallest source id is kept).
+      check_leakage: find byte-identical images in different splits
+        (train/validation leakage) and report them in the metadata.
+      image_root: jft: the folder (or bucket prefix) every image of the
+        manifests must lie under; relative paths are taken from it.
+        Default: each manifest's own folder.
+      allow_outside_image_root: jft: accept images anywhere (absolute
+        paths, `..`, other buckets) instead of rejecting them.
+      num_reject_shards: files the rejects are written to (keyed by a
+        hash of the source, so no one worker holds them all).
       overwrite: replace an existing Examples artifact at the output.
       runner: a Beam runner name or class path. `DirectRunner` (default)
         runs Beam's FnApiRunner with worker processes; `DaskRunner` runs
@@ -130,6 +151,10 @@ class ExampleGenConfig:
     compression: str = NONE
     seed: int = 0
     dedup: bool = True
+    check_leakage: bool = True
+    image_root: str = ""
+    allow_outside_image_root: bool = False
+    num_reject_shards: int = 16
     overwrite: bool = False
     runner: str = DIRECT_RUNNER
     num_workers: int = 0
@@ -153,7 +178,7 @@ class ExampleGenConfig:
                 f"--compression={self.compression!r}: expected one of "
                 f"{COMPRESSIONS}."
             )
-        for name in ("num_shards", "num_eval_shards"):
+        for name in ("num_shards", "num_eval_shards", "num_reject_shards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1.")
         if not 1 <= self.jpeg_quality <= 100:
@@ -184,6 +209,13 @@ class ExampleGenConfig:
                 f"--validation_input is not used by --source={self.source}; "
                 "see --validation_per_class / --tfds_splits."
             )
+        if (
+            self.image_root or self.allow_outside_image_root
+        ) and self.source != JFT:
+            raise ValueError(
+                "--image_root and --allow_outside_image_root are for "
+                "--source=jft."
+            )
         if self.synsets and self.source not in (IMAGE_FOLDER, IMAGENET21K):
             raise ValueError("--synsets is for image_folder and imagenet21k.")
         if self.version is not None and self.span is None:
@@ -192,6 +224,12 @@ class ExampleGenConfig:
             raise ValueError("--tfds_splits is for --source=tfds.")
         for item in self.tfds_splits:
             split_name_from(item)
+
+    def redacted(self) -> ExampleGenConfig:
+        """This config with secret Beam options masked, for records."""
+        return dataclasses.replace(
+            self, beam_pipeline_args=redact_args(self.beam_pipeline_args)
+        )
 
     def split_num_shards(self, split: str) -> int:
         """The fixed shard count of `split`."""
@@ -235,3 +273,34 @@ def check_split_name(name: str, where: str) -> str:
             "write name=tfds_split to name a sliced split."
         )
     return name
+
+
+def redact_args(args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Beam options with secret values masked, for logs and records.
+
+    `--name=value` and `--name value` are both masked when the option's
+    name says it holds a secret; a password inside a URL is masked in any
+    option.
+
+    Args:
+      args: Beam command-line options.
+
+    Returns:
+      The options with each secret replaced by `<redacted>`.
+    """
+    out, mask_next = [], False
+    for arg in args:
+        if mask_next and not arg.startswith("-"):
+            out.append(REDACTED)
+            mask_next = False
+            continue
+        mask_next = False
+        if arg.startswith("-"):
+            name, sep, _ = arg.lstrip("-").partition("=")
+            if _SECRET_OPTION.search(name):
+                if sep:
+                    arg = f"{arg.split('=', 1)[0]}={REDACTED}"
+                else:
+                    mask_next = True
+        out.append(_URL_PASSWORD.sub(rf"\1{REDACTED}@", arg))
+    return tuple(out)

@@ -44,17 +44,17 @@ class ImageFolderSource(sources.Source):
     def plan(self) -> sources.Plan:
         config = self.config
         root = sources.require_dir(self.resolved.input.pattern, "input")
-        found = sources.list_subdirs(root)
+        found = dict(sources.list_subdirs(root))
         if config.synsets:
             names = sources.read_class_list(config.synsets, "synsets")
         else:
-            names = found
+            names = sorted(found)
         if not names:
             raise ValueError(f"--input={root}: holds no class folder.")
         descriptions = sources.read_descriptions(
             config.class_descriptions, "class_descriptions"
         )
-        present = set(found)
+        present = found
         holdout = not config.validation_input and config.holds_out_validation
         units = [
             self._class_unit(config_lib.TRAIN, root, name, i, present, holdout)
@@ -62,7 +62,7 @@ class ImageFolderSource(sources.Source):
         ]
         splits = [config_lib.TRAIN]
         notes: dict[str, Any] = {
-            "ignored_folders": sorted(present - set(names)),
+            "ignored_folders": sorted(set(present) - set(names)),
         }
         inputs = {"input": root}
         if config.validation_input:
@@ -73,8 +73,8 @@ class ImageFolderSource(sources.Source):
                 units.append(self._flat_unit(val_root, names, notes))
                 inputs["validation_labels"] = config.validation_labels
             else:
-                val_present = set(sources.list_subdirs(val_root))
-                if not val_present & set(names):
+                val_present = dict(sources.list_subdirs(val_root))
+                if not set(val_present) & set(names):
                     raise ValueError(
                         f"--validation_input={val_root}: no class folder of "
                         "the training classes; for a flat folder of images "
@@ -105,7 +105,7 @@ class ImageFolderSource(sources.Source):
             "split": split,
             "name": name,
             "label": index,
-            "dir": posixpath.join(root, name) if name in present else None,
+            "dir": present.get(name),
             "missing_where": posixpath.join(root, name),
             "holdout": holdout,
         }
@@ -114,7 +114,8 @@ class ImageFolderSource(sources.Source):
         """Lists the flat validation folder and matches it with labels."""
         path = self.config.validation_labels
         lines = sources.read_text_lines(path, "validation_labels")
-        files = sources.list_files(val_root)
+        pairs = sources.list_files(val_root)
+        files = [rel for rel, _ in pairs]
         if not files:
             raise ValueError(f"--validation_input={val_root}: holds no file.")
         index = {name: i for i, name in enumerate(names)}
@@ -125,8 +126,11 @@ class ImageFolderSource(sources.Source):
                 raise ValueError(
                     f"--validation_labels={path} lists {len(lines)} classes "
                     f"in file order, but --validation_input={val_root} holds "
-                    f"{len(files)} files."
+                    f"{len(files)} files: a missing or extra file would "
+                    "shift every later label, so nothing is read. Match the "
+                    "folder to the file, or use <file> <class> lines."
                 )
+            notes["validation_labels_checked"] = "by count, in file order"
             by_file = dict(zip(files, lines))
         else:
             if parsed[0] is not None and parsed[0][1] not in index:
@@ -141,13 +145,13 @@ class ImageFolderSource(sources.Source):
                 by_file[p[0]] = p[1]
         entries = []
         matched = 0
-        for rel in files:
+        for rel, full in pairs:
             stem = posixpath.splitext(posixpath.basename(rel))[0]
             label = by_file.get(rel, by_file.get(posixpath.basename(rel)))
             if label is None:
                 label = by_file.get(stem)
             matched += label is not None
-            entries.append((rel, label, index.get(label, -1)))
+            entries.append((rel, full, label, index.get(label, -1)))
         notes["validation_labels_unmatched"] = len(by_file) - matched
         return {
             "id": "validation/<flat>",
@@ -163,9 +167,22 @@ class ImageFolderSource(sources.Source):
             yield from self._read_flat(unit)
             return
         directory = unit["dir"]
-        files = sources.list_files(directory) if directory else []
+        try:
+            pairs = sources.list_files(directory) if directory else []
+        except OSError as e:
+            yield (
+                records.REJECT,
+                records.make_reject(
+                    split,
+                    unit["missing_where"],
+                    records.UNREADABLE_FILE,
+                    f"cannot list the class folder: {e}",
+                ),
+            )
+            return
+        files = [rel for rel, _ in pairs]
         if not files:
-            where = directory or unit["missing_where"]
+            where = unit["missing_where"]
             yield (
                 records.REJECT,
                 records.make_reject(
@@ -184,13 +201,13 @@ class ImageFolderSource(sources.Source):
                 self.config.validation_per_class,
                 self.config.validation_fraction,
             )
-        for rel in files:
-            path = posixpath.join(directory, rel)
+        for rel, path in pairs:
+            where = posixpath.join(unit["missing_where"], rel)
             yield (
                 records.ITEM,
                 records.make_item(
                     split=config_lib.VALIDATION if rel in held_out else split,
-                    source=path,
+                    source=where,
                     source_id=f"{unit['name']}/{rel}",
                     labels=[unit["label"]],
                     path=path,
@@ -199,7 +216,7 @@ class ImageFolderSource(sources.Source):
 
     def _read_flat(self, unit: dict[str, Any]) -> Iterator[sources.Entry]:
         split, root = unit["split"], unit["dir"]
-        for rel, label_name, label in unit["entries"]:
+        for rel, full, label_name, label in unit["entries"]:
             path = posixpath.join(root, rel)
             if label_name is None:
                 yield (
@@ -224,5 +241,5 @@ class ImageFolderSource(sources.Source):
             else:
                 yield (
                     records.ITEM,
-                    records.make_item(split, path, rel, [label], path=path),
+                    records.make_item(split, path, rel, [label], path=full),
                 )

@@ -12,8 +12,12 @@ never extracted to disk.
   name (`--validation_per_class`, default 50 as in ImageNet-21K-P, or
   `--validation_fraction`), never by listing order.
 - Members with an absolute path or a `..` component, links, devices and
-  other non-files are rejected with a reason, as is the rest of a tar that
-  turns out to be corrupt (the members before the damage are kept).
+  other non-files are rejected with a reason. Member names that are not
+  UTF-8 (Latin-1 in old tars) are escaped (`sources.escape_name`).
+- Damage `tarfile` passes over in silence (a bad header checksum, a file
+  cut at a header boundary, missing end-of-archive blocks) is found by
+  `tar_check`: the members before it are kept, and the rest becomes one
+  `damaged_archive` reject with the offset and the members lost.
 
 One unit per tar; a tar is opened in random-access mode, so its headers
 are read first (the member names decide the hold-out), then the members.
@@ -29,15 +33,19 @@ from typing import Any
 import tensorflow as tf
 
 from components.example_gen import config as config_lib
-from components.example_gen import images, records, sources
+from components.example_gen import images, records, sources, tar_check
 
 TAR_SUFFIX = ".tar"
 # What a damaged tar raises (tf.io.gfile raises OutOfRangeError when a
-# header promises more data than the file has). Other I/O errors are left
-# to propagate, so that the runner retries transient storage failures.
+# header promises more data than the file has; tarfile raises ValueError
+# and friends on some malformed fields). Other I/O errors are left to
+# propagate, so that the runner retries transient storage failures.
 _DAMAGE = (
     tarfile.TarError,
     EOFError,
+    ValueError,
+    UnicodeError,
+    OverflowError,
     tf.errors.OutOfRangeError,
     tf.errors.DataLossError,
 )
@@ -105,36 +113,59 @@ class ImageNet21kSource(sources.Source):
             )
             return
         path = unit["tar"]
+        size = tf.io.gfile.stat(path).length
         with tf.io.gfile.GFile(path, "rb") as f:
             try:
                 tar = tarfile.open(fileobj=f, mode="r:")
             except _DAMAGE as e:
-                yield (
-                    records.REJECT,
-                    records.make_reject(
-                        train, path, records.BAD_ARCHIVE, f"cannot open: {e}"
-                    ),
+                # Nothing readable from the first header on; count what
+                # the rest still holds.
+                lost = tar_check.count_members_after(f, tar_check.BLOCK, size)
+                first_bad = size > 0
+                damage = tar_check.Damage(
+                    0, f"cannot open: {e}", lost + first_bad
                 )
+                yield damaged(train, path, damage)
                 return
             with tar:
-                yield from self._read_members(unit, path, tar)
+                yield from self._read_members(unit, path, tar, f, size)
 
     def _read_members(
-        self, unit: dict[str, Any], path: str, tar: tarfile.TarFile
+        self,
+        unit: dict[str, Any],
+        path: str,
+        tar: tarfile.TarFile,
+        f: Any,
+        size: int,
     ) -> Iterator[sources.Entry]:
         train = config_lib.TRAIN
-        members, damage = [], None
+        members, damage, end = [], None, 0
         try:
             for member in tar:  # Reads the headers, seeking past the data.
                 members.append(member)
+                end = max(end, tar_check.member_end(member))
         except _DAMAGE as e:
-            damage = f"corrupt after {len(members)} members: {e}"
+            if end >= size:  # Cut inside the last member's data.
+                damage = tar_check.check(f, size, end)
+            else:
+                damage = tar_check.Damage(
+                    end,
+                    f"unreadable after {len(members)} members: {e}",
+                    1
+                    + tar_check.count_members_after(
+                        f, end + tar_check.BLOCK, size
+                    ),
+                )
+        if damage is None:
+            # tarfile ends quietly at a bad header: look for ourselves.
+            damage = tar_check.check(f, size, end)
         files = []
         for member in members:
-            where = f"{path}:{member.name}"
+            name = sources.escape_name(member.name)
+            where = f"{path}:{name}"
             if member.isdir():
                 continue  # Not an entry.
-            if sources.is_unsafe_member(member.name):
+            if sources.is_unsafe_member(name):
                 yield (
                     records.REJECT,
                     records.make_reject(
@@ -166,18 +197,18 @@ class ImageNet21kSource(sources.Source):
                     ),
                 )
             else:
-                files.append(member)
+                files.append((name, member))
         held_out = set()
         if self.config.holds_out_validation:
             held_out = sources.holdout(
-                [posixpath.basename(m.name) for m in files],
+                [posixpath.basename(name) for name, _ in files],
                 self.config.validation_per_class,
                 self.config.validation_fraction,
             )
-        for member in files:
-            base = posixpath.basename(member.name)
+        for name, member in files:
+            base = posixpath.basename(name)
             split = config_lib.VALIDATION if base in held_out else train
-            where = f"{path}:{member.name}"
+            where = f"{path}:{name}"
             try:
                 data = tar.extractfile(member).read()
             except _DAMAGE as e:
@@ -193,13 +224,31 @@ class ImageNet21kSource(sources.Source):
                 records.make_item(
                     split=split,
                     source=where,
-                    source_id=f"{unit['name']}/{member.name}",
+                    source_id=f"{unit['name']}/{name}",
                     labels=[unit["label"]],
                     data=data,
                 ),
             )
         if damage:
-            yield (
-                records.REJECT,
-                records.make_reject(train, path, records.BAD_ARCHIVE, damage),
-            )
+            yield damaged(train, path, damage)
+
+
+def damaged(split: str, path: str, damage: tar_check.Damage) -> sources.Entry:
+    """The reject standing for the unread rest of a damaged archive.
+
+    It is not a discovered entry but the record of what could not be
+    discovered: the pipeline counts it as lost (see beam_pipeline.py).
+
+    Args:
+      split: the split to file it under.
+      path: the archive.
+      damage: where and how it is damaged.
+
+    Returns:
+      A `(REJECT, reject)` entry with `offset` and `members_lost`.
+    """
+    reject = records.make_reject(
+        split, path, records.DAMAGED_ARCHIVE, damage.problem
+    )
+    reject.update(offset=damage.offset, members_lost=damage.members_lost)
+    return records.REJECT, reject

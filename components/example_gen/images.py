@@ -40,6 +40,7 @@ TRUNCATED = "truncated"
 TOO_MANY_PIXELS = "too_many_pixels"
 BAD_DIMENSIONS = "bad_dimensions"
 UNSUPPORTED_MODE = "unsupported_mode"
+FORMAT_NOT_ALLOWED = "format_not_allowed"
 
 # Conversions applied, counted in the metadata.
 PASSTHROUGH = "passthrough"
@@ -64,6 +65,29 @@ _MAGIC = (
     b"II*\x00",  # TIFF
     b"MM\x00*",
 )
+# The formats Pillow may open. Everything else is refused before a
+# decoder runs: Pillow's EPS plugin, for one, hands a PostScript file to
+# Ghostscript where that is installed, whatever the file is named. (JPEG
+# opens the multi-picture MPO files many cameras write as well.)
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+# Signatures of formats that are images (or programs) but not allowed.
+_REFUSED_MAGIC = (
+    (b"%!PS", "PostScript"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"<?xml", "XML/SVG"),
+    (b"<svg", "SVG"),
+    (b"P1", "PBM"),
+    (b"P4", "PBM"),
+    (b"P5", "PGM"),
+    (b"P6", "PPM"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"qoif", "QOI"),
+)
+# Rows converted per step of 16-bit images, bounding the temporaries.
+_ROWS_PER_STEP = 512
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _GRAY_MODES = frozenset({"L", "1"})
 _HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -136,10 +160,16 @@ def _open(data: bytes, options: ImageOptions) -> Image.Image:
         # rule here, so the warning is silenced.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageRejected(TOO_MANY_PIXELS, str(e)) from e
     except UnidentifiedImageError as e:
+        for magic, name in _REFUSED_MAGIC:
+            if data.startswith(magic):
+                raise ImageRejected(
+                    FORMAT_NOT_ALLOWED,
+                    f"a {name} file; allowed: {', '.join(ALLOWED_FORMATS)}",
+                ) from e
         if data.startswith(_MAGIC):
             raise ImageRejected(DECODE_ERROR, f"corrupt header: {e}") from e
         raise ImageRejected(
@@ -198,16 +228,37 @@ def _to_rgb(image: Image.Image, conversions: list[str]) -> Image.Image:
         return image.convert("RGB")
     if mode in _HIGH_BIT_MODES:
         conversions.append(FROM_HIGH_BIT_DEPTH)
-        pixels = np.asarray(image, dtype=np.float64)
-        # 16-bit integer data spans 0..65535; float data is taken as 0..255.
-        scale = 1.0 if mode == "F" else 255.0 / 65535.0
-        gray = np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
+        return Image.fromarray(_high_bit_to_8(image), "L").convert("RGB")
     try:
         conversions.append(f"from_{mode.lower()}")
         return image.convert("RGB")
     except ValueError as e:
         raise ImageRejected(UNSUPPORTED_MODE, f"mode {mode}: {e}") from e
+
+
+def _high_bit_to_8(image: Image.Image) -> np.ndarray:
+    """16-bit (or 32-bit) gray to uint8, in integers, a band at a time.
+
+    16-bit integer data spans 0..65535 and maps to round(v * 255 / 65535)
+    (exact in integers, as v / 257 never falls on a half); float data is
+    taken as 0..255. Working on bands of rows keeps the temporaries to a
+    few MB even for a 90-megapixel image.
+    """
+    width, height = image.size
+    out = np.empty((height, width), np.uint8)
+    for top in range(0, height, _ROWS_PER_STEP):
+        band = np.asarray(
+            image.crop((0, top, width, min(height, top + _ROWS_PER_STEP)))
+        )
+        if image.mode == "F":
+            out[top : top + band.shape[0]] = np.clip(np.rint(band), 0, 255)
+            continue
+        wide = np.clip(band, 0, 65535).astype(np.uint32)
+        wide *= 255
+        wide += 32767
+        wide //= 65535
+        out[top : top + band.shape[0]] = wide
+    return out
 
 
 def convert(data: bytes, options: ImageOptions) -> ConvertedImage:
@@ -221,9 +272,21 @@ def convert(data: bytes, options: ImageOptions) -> ConvertedImage:
       The JPEG with its size and the conversions applied.
 
     Raises:
-      ImageRejected: empty, too large, not an image, corrupt, truncated,
-        or of a mode that has no RGB conversion.
+      ImageRejected: empty, too large, not an image or not an allowed
+        format, corrupt, truncated, or of a mode that has no RGB
+        conversion.
     """
+    try:
+        return _convert(data, options)
+    except ImageRejected:
+        raise
+    except MemoryError:
+        raise  # Not the image's fault: let the runner retry elsewhere.
+    except Exception as e:  # A decoder or converter failing any other way.
+        raise ImageRejected(DECODE_ERROR, f"{type(e).__name__}: {e}") from e
+
+
+def _convert(data: bytes, options: ImageOptions) -> ConvertedImage:
     image = _open(data, options)
     width, height = image.size
     shorter = options.resize_shorter_side

@@ -10,15 +10,20 @@ manifest is JSONL or CSV (a glob of several files is fine):
     image,labels,scores,id
     imgs/a.jpg,cat|dog,0.9|0.7,
 
-- `image` (or `path`): a path or URI; relative paths are relative to the
-  manifest's folder.
+- `image` (or `path`): a path or URI; relative paths are relative to
+  `--image_root`, by default the manifest's folder. Images must lie under
+  that root (absolute paths elsewhere, `..` climbing out and other
+  buckets are rejected) unless `--allow_outside_image_root`.
 - `labels`: names from `--labels_vocab`, or integer ids (JSON ints, or
   digit strings that are not names). CSV separates them with `|`.
 - `scores`: optional, one per label (e.g. JFT's noisy-label confidences).
 - `id`: optional source id (default: the image path as written).
 
 Unknown labels, rows without labels, scores that do not match the labels
-and unparsable rows are rejected with their reason. `--input` is the
+or are not finite (NaN or infinite scores would turn a training loss to
+NaN), URIs of unsupported schemes and unparsable rows (not UTF-8, JSON
+nested too deep, a CSV field too long, ...) are rejected one row at a
+time with their reason. `--input` is the
 train manifest, `--validation_input` the validation one.
 
 Manifests are cut into 64 MiB byte ranges, one unit each, so a manifest
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import posixpath
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +46,9 @@ from components.example_gen import config as config_lib
 from components.example_gen import records, sources
 
 RANGE_BYTES = 64 << 20
+# URI schemes images may have (tf.io.gfile's file systems); anything else
+# (http://, s3:// without a plugin, ...) is rejected per row.
+SUPPORTED_SCHEMES = ("gs", "hdfs")
 LABEL_SEPARATOR = "|"
 _CSV_SUFFIXES = (".csv", ".tsv")
 
@@ -135,13 +144,19 @@ class JftSource(sources.Source):
                 line = f.readline()
                 if not line:
                     break
-                text = line.decode("utf-8", errors="replace").strip()
-                if text:
-                    yield self._parse(unit, text, f"{path}@{offset}")
+                if line.strip():
+                    yield self._parse(unit, line, f"{path}@{offset}")
 
-    def _parse(self, unit: dict[str, Any], text: str, where: str):
+    def _parse(self, unit: dict[str, Any], line: bytes, where: str):
+        """One manifest row -> an item or a reject; never raises.
+
+        Anything wrong with one row (bytes that are not UTF-8, JSON nested
+        past Python's recursion limit, a CSV field over the csv module's
+        limit, odd types) rejects that row alone.
+        """
         split = unit["split"]
         try:
+            text = line.decode("utf-8").strip()
             row = self._row(unit, text)
             image = row.get("image") or row.get("path")
             if not image or not isinstance(image, str):
@@ -155,17 +170,36 @@ class JftSource(sources.Source):
             if scores is not None:
                 if not isinstance(scores, list):
                     scores = [scores]
-                scores = [float(s) for s in scores]
+                if any(isinstance(x, (bool, list, dict)) for x in scores):
+                    raise ValueError(f"scores must be numbers: {scores}")
+                scores = [float(x) for x in scores]
                 if len(scores) != len(labels):
                     raise ValueError(
                         f"{len(scores)} scores for {len(labels)} labels"
                     )
-        except (ValueError, TypeError) as e:
+            source_id = str(row.get("id") or image)
+            # Lone surrogates (JSON's "\udce9") cannot be written.
+            image.encode("utf-8")
+            source_id.encode("utf-8")
+        except Exception as e:  # Any failure is this row's alone.
             return records.REJECT, records.make_reject(
-                split, where, records.BAD_MANIFEST_ROW, str(e)
+                split,
+                where,
+                records.BAD_MANIFEST_ROW,
+                f"{type(e).__name__}: {str(e)[:500]}",
             )
-        if "://" not in image and not posixpath.isabs(image):
-            image = posixpath.join(posixpath.dirname(unit["path"]), image)
+        if scores is not None and not all(map(math.isfinite, scores)):
+            return records.REJECT, records.make_reject(
+                split,
+                where,
+                records.BAD_SCORE,
+                f"scores must be finite: {scores}",
+            )
+        image, problem = self._locate(unit, image)
+        if problem:
+            return records.REJECT, records.make_reject(
+                split, f"{where}: {image}", problem[0], problem[1]
+            )
         if not labels:
             return records.REJECT, records.make_reject(
                 split, image, records.NO_LABELS, "the row has no labels"
@@ -175,18 +209,16 @@ class JftSource(sources.Source):
             index = self._index(label)
             if index is None:
                 unknown.append(label)
-            elif (
-                index not in indices
-            ):  # A repeated label keeps its first score.
+            elif index not in indices:
+                # A repeated label keeps its first score.
                 indices[index] = scores[k] if scores is not None else None
         if unknown:
             return records.REJECT, records.make_reject(
                 split,
                 image,
                 records.UNKNOWN_LABEL,
-                f"not in --labels_vocab: {unknown}",
+                f"not in --labels_vocab: {unknown}"[:500],
             )
-        source_id = str(row.get("id") or row.get("image") or row.get("path"))
         return records.ITEM, records.make_item(
             split=split,
             source=image,
@@ -195,6 +227,39 @@ class JftSource(sources.Source):
             scores=None if scores is None else list(indices.values()),
             path=image,
         )
+
+    def _locate(
+        self, unit: dict[str, Any], image: str
+    ) -> tuple[str, tuple[str, str] | None]:
+        """The image's full path, and (reason, error) if it may not be read.
+
+        Relative paths are taken from the image root (`--image_root`, else
+        the manifest's folder). Unless `--allow_outside_image_root`, the
+        normalized path must lie under that root: an absolute path
+        elsewhere, a `..` climbing out and another bucket are rejected
+        before anything is opened.
+        """
+        root = self.config.image_root or posixpath.dirname(unit["path"])
+        scheme = image.partition("://")[0] if "://" in image else ""
+        if scheme and scheme.lower() not in SUPPORTED_SCHEMES:
+            return image, (
+                records.UNSUPPORTED_SCHEME,
+                f"{scheme}:// is not read here; supported: local paths and "
+                f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)}",
+            )
+        if not scheme and not posixpath.isabs(image):
+            image = posixpath.join(root, image)
+        image = _normalize(image)
+        if self.config.allow_outside_image_root:
+            return image, None
+        top = _normalize(root).rstrip("/") + "/"
+        if not image.startswith(top):
+            return image, (
+                records.OUTSIDE_IMAGE_ROOT,
+                f"not under the image root {top} (see --image_root, "
+                "--allow_outside_image_root)",
+            )
+        return image, None
 
     @staticmethod
     def _row(unit: dict[str, Any], text: str) -> dict[str, Any]:
@@ -213,14 +278,27 @@ class JftSource(sources.Source):
         return row
 
     def _index(self, label: Any) -> int | None:
+        """A label name or id -> its class index; None if unknown."""
         if isinstance(label, bool):
             return None
         if isinstance(label, str):
             if label in self.vocab:
                 return self.vocab[label]
-            if not label.strip().isdigit():
+            label = label.strip()
+            # ASCII digits only: str.isdigit() is true of "²", which int()
+            # refuses.
+            if not (label.isascii() and label.isdigit()):
                 return None
             label = int(label)
         if isinstance(label, int) and 0 <= label < len(self.vocab):
             return label
         return None
+
+
+def _normalize(path: str) -> str:
+    """Collapses `.` and `..` (after a URI's bucket for gs:// paths)."""
+    if "://" in path:
+        scheme, _, rest = path.partition("://")
+        bucket, _, key = rest.partition("/")
+        return f"{scheme}://{bucket}/" + posixpath.normpath("/" + key)[1:]
+    return posixpath.normpath(path)

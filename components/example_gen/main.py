@@ -82,6 +82,18 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("seed", 0, "Shard placement and order.")
 flags.DEFINE_boolean("dedup", True, "Reject byte-identical duplicates.")
+flags.DEFINE_boolean(
+    "check_leakage", True, "Report identical images across splits."
+)
+flags.DEFINE_string(
+    "image_root", "", "jft: images must lie under this (default: manifest's)."
+)
+flags.DEFINE_boolean(
+    "allow_outside_image_root", False, "jft: accept images anywhere."
+)
+flags.DEFINE_integer(
+    "num_reject_shards", _DEFAULTS.num_reject_shards, "Files of rejects."
+)
 flags.DEFINE_boolean("overwrite", False, "Replace an existing artifact.")
 flags.DEFINE_string(
     "runner",
@@ -108,6 +120,7 @@ _PATH_FLAGS = (
     "labels_vocab",
     "class_descriptions",
     "tfds_data_dir",
+    "image_root",
 )
 
 

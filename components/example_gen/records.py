@@ -50,6 +50,13 @@ BAD_MANIFEST_ROW = "bad_manifest_row"
 MISSING_FILE = "missing_file"
 BAD_ARCHIVE = "bad_archive"
 DUPLICATE = "duplicate"
+# The unread rest of a damaged archive or record file (tar_check.py).
+DAMAGED_ARCHIVE = "damaged_archive"
+UNREADABLE_FILE = "unreadable_file"
+UNSUPPORTED_SCHEME = "unsupported_scheme"
+OUTSIDE_IMAGE_ROOT = "outside_image_root"
+BAD_SCORE = "bad_score"
+BAD_RECORD = "bad_record"
 
 
 def make_item(

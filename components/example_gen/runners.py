@@ -169,7 +169,11 @@ def run(config: config_lib.ExampleGenConfig, build) -> RunOutcome:
     pipeline = beam.Pipeline(runner=runner, options=options)
     build(pipeline)
     runner_name = runner if isinstance(runner, str) else type(runner).__name__
-    logging.info("Running ExampleGen on %s with %s", runner_name, args)
+    logging.info(
+        "Running ExampleGen on %s with %s",
+        runner_name,
+        list(config_lib.redact_args(args)),
+    )
     result = pipeline.run()
     try:
         state = result.wait_until_finish()

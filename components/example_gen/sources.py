@@ -23,6 +23,7 @@ import dataclasses
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -225,31 +226,167 @@ def is_unsafe_member(name: str) -> bool:
     return ".." in path.split("/")
 
 
-def list_files(directory: str) -> list[str]:
-    """All files under `directory` (recursively), relative, sorted."""
+def escape_bytes(raw: bytes) -> str:
+    """A file name's bytes as text: UTF-8 as is, else %-escaped.
+
+    Names that are not UTF-8 (Latin-1 names are common in old tars and
+    folders) cannot be written as text; each byte that is not printable
+    ASCII, and `%` itself, becomes `%XX`, which
+    `urllib.parse.unquote_to_bytes` reverses.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(
+            chr(b) if 0x20 < b < 0x7F and b != 0x25 else f"%{b:02X}"
+            for b in raw
+        )
+
+
+def escape_name(name: str) -> str:
+    """`escape_bytes` of a name decoded with `surrogateescape`."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return escape_bytes(name.encode("utf-8", "surrogateescape"))
+
+
+def is_local(path: str | bytes) -> bool:
+    """A local path (no URI scheme), or the raw bytes of one."""
+    return isinstance(path, bytes) or "://" not in path
+
+
+def _raise(error: OSError) -> None:
+    raise error  # os.walk would skip an unreadable folder in silence.
+
+
+def list_files(directory: str | bytes) -> list[tuple[str, str | bytes]]:
+    """All files under `directory` (recursively), sorted.
+
+    Local folders are listed with `os.walk` on bytes, because
+    `tf.io.gfile` raises on a name that is not UTF-8.
+
+    Args:
+      directory: a folder, or the raw bytes of a local folder's path.
+
+    Returns:
+      (relative name, path to read) pairs. The name is escaped when it is
+      not UTF-8 (`escape_bytes`), and the path is then the raw bytes of
+      the local path, which `read_limited` opens.
+
+    Raises:
+      OSError: a local folder cannot be listed.
+    """
     found = []
+    if is_local(directory):
+        top = os.fsencode(directory)
+        for root, _, files in os.walk(top, onerror=_raise):
+            rel_root = os.path.relpath(root, top)
+            for name in files:
+                raw = name if rel_root == b"." else os.path.join(rel_root, name)
+                full = os.path.join(top, raw)
+                rel = escape_bytes(raw)
+                if rel.encode("utf-8") == raw:
+                    full = full.decode("utf-8")
+                found.append((rel, full))
+        return sorted(found)
     for root, _, files in tf.io.gfile.walk(directory):
         rel_root = os.path.relpath(root.rstrip("/"), directory.rstrip("/"))
         for name in files:
             rel = name if rel_root == "." else posixpath.join(rel_root, name)
-            found.append(rel)
+            found.append((rel, posixpath.join(directory, rel)))
     return sorted(found)
 
 
-def list_subdirs(directory: str) -> list[str]:
-    """The names of the immediate subdirectories, sorted."""
-    names = []
+def list_subdirs(directory: str) -> list[tuple[str, str | bytes]]:
+    """The immediate subdirectories, sorted: (name, path) pairs.
+
+    Names that are not UTF-8 are escaped and their path is bytes, as in
+    `list_files`.
+    """
+    found = []
+    if is_local(directory):
+        top = os.fsencode(directory)
+        for raw in os.listdir(top):
+            full = os.path.join(top, raw)
+            if os.path.isdir(full):
+                name = escape_bytes(raw)
+                if name.encode("utf-8") == raw:
+                    full = full.decode("utf-8")
+                found.append((name, full))
+        return sorted(found)
     for entry in tf.io.gfile.listdir(directory):
         name = entry.rstrip("/")
-        if tf.io.gfile.isdir(posixpath.join(directory, name)):
-            names.append(name)
-    return sorted(names)
+        path = posixpath.join(directory, name)
+        if tf.io.gfile.isdir(path):
+            found.append((name, path))
+    return sorted(found)
 
 
-def read_limited(path: str, max_bytes: int) -> bytes:
-    """Reads at most `max_bytes + 1` bytes (enough to see it is too big)."""
+def read_limited(path: str | bytes, max_bytes: int) -> bytes:
+    """Reads at most `max_bytes + 1` bytes (enough to see it is too big).
+
+    A bytes `path` is a local file whose name is not UTF-8.
+    """
+    if isinstance(path, bytes):
+        with open(path, "rb") as f:
+            return f.read(max_bytes + 1)
     with tf.io.gfile.GFile(path, "rb") as f:
         return f.read(max_bytes + 1)
+
+
+def _message(error: Exception) -> str:
+    return f"{type(error).__name__}: {getattr(error, 'message', error)}"
+
+
+def read_item(item: dict[str, Any], max_bytes: int) -> bytes | dict[str, Any]:
+    """An item's bytes, or a reject when its file cannot be read.
+
+    Args:
+      item: an item (`records.make_item`) with inline `data` or a `path`.
+      max_bytes: read at most this many bytes and one more.
+
+    Returns:
+      The bytes, or a reject (missing, not a regular file, unsupported
+      file system, unreadable).
+    """
+    if item["data"] is not None:
+        return item["data"]
+    split, where, path = item["split"], item["source"], item["path"]
+    try:
+        if is_local(path):
+            # A FIFO or device would block or stream forever.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return records.make_reject(
+                    split, where, records.NOT_A_FILE, "not a regular file"
+                )
+        return read_limited(path, max_bytes)
+    except (tf.errors.NotFoundError, FileNotFoundError) as e:
+        return records.make_reject(
+            split, where, records.MISSING_FILE, _message(e)
+        )
+    except (tf.errors.FailedPreconditionError, IsADirectoryError) as e:
+        return records.make_reject(
+            split, where, records.NOT_A_FILE, _message(e)
+        )
+    except tf.errors.UnimplementedError as e:  # No such file system.
+        return records.make_reject(
+            split, where, records.UNSUPPORTED_SCHEME, _message(e)
+        )
+    except (
+        tf.errors.PermissionDeniedError,
+        tf.errors.DataLossError,
+        tf.errors.InvalidArgumentError,
+        tf.errors.OutOfRangeError,
+        OSError,
+        ValueError,
+    ) as e:
+        return records.make_reject(
+            split, where, records.UNREADABLE_FILE, _message(e)
+        )
+    # Other errors (unavailable, deadline, ...) propagate: the runner
+    # retries the bundle rather than dropping images on a hiccup.
 
 
 def make_source(

@@ -18,6 +18,12 @@ The label feature is a `ClassLabel` (single-label) or a `Sequence` of
 is the `file_name` feature when the dataset has one, else TFDS's id
 (`<dataset>-<split>.tfrecord-<shard>__<index>`). Each TFDS split is read
 in as many units as it has shards.
+
+Each example is isolated: one that cannot be parsed, has no label or a
+label id outside the label map is rejected alone. A record file that
+tf.data cannot read on (corrupt or cut) ends its slice: the rest is one
+`damaged_archive` reject, with the examples lost when the split's size
+is known.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from components.example_gen import records, sources
 
 FILE_NAME = "file_name"
 TFDS_ID = "tfds_id"
+
+# What a record file that cannot be read on raises inside tf.data.
+_DAMAGE = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
 
 # One builder per process: unit after unit reads the same dataset.
 _BUILDERS: dict[tuple[str, str], Any] = {}
@@ -182,33 +191,102 @@ class TfdsSource(sources.Source):
             shuffle_files=False,
         )
         split, name = unit["split"], builder.info.name
-        for example in tfds.as_numpy(dataset):
-            tfds_id = example[TFDS_ID].decode("utf-8")
+        where_unit = (
+            f"tfds:{name}/{unit['expr']} (part {unit['index'] + 1} of "
+            f"{unit['count']})"
+        )
+        count, examples = 0, iter(tfds.as_numpy(dataset))
+        while True:
+            try:
+                example = next(examples)
+            except StopIteration:
+                return
+            except _DAMAGE as e:
+                # A record file that cannot be read on (a corrupt or cut
+                # TFRecord): tf.data cannot skip past it, so the rest of
+                # this slice is lost, and counted.
+                yield self._damaged(
+                    builder, sub_split, split, where_unit, count, e
+                )
+                return
+            count += 1
+            yield self._entry(unit, split, name, example)
+
+    def _entry(self, unit, split, name, example) -> sources.Entry:
+        """One example -> an item or a reject; never raises."""
+        config = self.config
+        try:
+            tfds_id = sources.escape_bytes(bytes(example[TFDS_ID]))
             source_id = tfds_id
             if FILE_NAME in example:
-                source_id = example[FILE_NAME].decode("utf-8")
+                source_id = sources.escape_bytes(bytes(example[FILE_NAME]))
             where = f"tfds:{name}/{unit['expr']}/{tfds_id}"
             label = np.asarray(example[config.tfds_label_key]).ravel()
             labels = [int(v) for v in label]
-            labels = [v for v in labels if v >= 0]  # -1: unlabelled (test).
-            if not labels:
-                yield (
-                    records.REJECT,
-                    records.make_reject(
-                        split,
-                        where,
-                        records.NO_LABELS,
-                        "the example has no label",
-                    ),
-                )
-                continue
-            yield (
-                records.ITEM,
-                records.make_item(
-                    split=split,
-                    source=where,
-                    source_id=source_id,
-                    labels=labels,
-                    data=example[config.tfds_image_key],
+            data = example[config.tfds_image_key]
+            if not isinstance(data, bytes):
+                raise TypeError(f"image is {type(data).__name__}, not bytes")
+        except Exception as e:  # A malformed example is its own problem.
+            return (
+                records.REJECT,
+                records.make_reject(
+                    split,
+                    f"tfds:{name}/{unit['expr']}",
+                    records.BAD_RECORD,
+                    f"{type(e).__name__}: {str(e)[:500]}",
                 ),
             )
+        labels = [v for v in labels if v >= 0]  # -1: unlabelled (test).
+        if not labels:
+            return (
+                records.REJECT,
+                records.make_reject(
+                    split, where, records.NO_LABELS, "the example has no label"
+                ),
+            )
+        unknown = [v for v in labels if v >= len(self._names())]
+        if unknown:
+            return (
+                records.REJECT,
+                records.make_reject(
+                    split,
+                    where,
+                    records.UNKNOWN_LABEL,
+                    f"label ids {unknown} >= the {len(self._names())} classes",
+                ),
+            )
+        return (
+            records.ITEM,
+            records.make_item(
+                split=split,
+                source=where,
+                source_id=source_id,
+                labels=labels,
+                data=data,
+            ),
+        )
+
+    def _names(self) -> list[str]:
+        feature = self._builder().info.features[self.config.tfds_label_key]
+        return _label_names(feature)[0]
+
+    @staticmethod
+    def _damaged(
+        builder, sub_split, split, where, count, error
+    ) -> sources.Entry:
+        lost = None
+        try:
+            expected = builder.info.splits[sub_split].num_examples
+            if expected:
+                lost = max(0, int(expected) - count)
+        except Exception:  # Sizes unknown: the count cannot be known.
+            pass
+        reject = records.make_reject(
+            split,
+            where,
+            records.DAMAGED_ARCHIVE,
+            f"unreadable after {count} examples: {type(error).__name__}: "
+            f"{str(error)[:500]}",
+        )
+        reject.update(offset=count, members_lost=lost)
+        return records.REJECT, reject

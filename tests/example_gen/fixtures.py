@@ -7,6 +7,7 @@ maker is deterministic in its `seed`.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -209,10 +210,15 @@ def read_shards(uri: str, split: str) -> dict[str, list[bytes]]:
 
 
 def read_rejects(uri: str) -> list[dict]:
-    """The dead-letter records of an Examples artifact."""
-    path = os.path.join(uri, "rejects", "rejects-00000-of-00001.jsonl")
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    """The dead-letter records of an Examples artifact, from every shard."""
+    paths = sorted(glob.glob(os.path.join(uri, "rejects", "rejects-*.jsonl")))
+    if not paths:
+        raise FileNotFoundError(f"{uri}/rejects holds no reject file.")
+    found = []
+    for path in paths:
+        with open(path) as f:
+            found += [json.loads(line) for line in f]
+    return sorted(found, key=lambda r: (r["split"], r["source"], r["reason"]))
 
 
 def parse(record: bytes) -> dict:

@@ -231,7 +231,13 @@ class ImageFolderPipelineTest(parameterized.TestCase):
         self.assertEqual(
             fixtures.read_shards(uri, "validation"), self.validation
         )
-        for name in ("labels.txt", "rejects/rejects-00000-of-00001.jsonl"):
+        reject_files = sorted(os.listdir(os.path.join(uri, "rejects")))
+        self.assertEqual(
+            reject_files, sorted(os.listdir(os.path.join(self.uri, "rejects")))
+        )
+        self.assertLen(reject_files, 16)  # num_reject_shards' default.
+        names = ["labels.txt"] + [f"rejects/{n}" for n in reject_files]
+        for name in names:
             with open(os.path.join(uri, name), "rb") as a:
                 with open(os.path.join(self.uri, name), "rb") as b:
                     self.assertEqual(a.read(), b.read(), name)

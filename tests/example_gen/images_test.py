@@ -160,5 +160,32 @@ class RecordsTest(absltest.TestCase):
         )
 
 
+class HostileImageTest(absltest.TestCase):
+    def test_sixteen_bit_is_converted_in_integers(self):
+        pixels = np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64)
+        image = Image.fromarray(pixels)
+        want = np.clip(np.rint(pixels * (255.0 / 65535.0)), 0, 255)
+        got = images._high_bit_to_8(image)
+        self.assertEqual(got.dtype, np.uint8)
+        np.testing.assert_array_equal(got, want.astype(np.uint8))
+        np.testing.assert_array_equal(
+            images._high_bit_to_8(image.convert("I")), got
+        )
+
+    def test_formats_outside_the_allowlist_are_refused(self):
+        for data in (
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n",
+            b"%PDF-1.4\n",
+        ):
+            with self.assertRaises(images.ImageRejected) as e:
+                images.convert(data, images.ImageOptions())
+            self.assertEqual(e.exception.reason, images.FORMAT_NOT_ALLOWED)
+        out = io.BytesIO()
+        Image.new("RGB", (4, 4)).save(out, "PPM")
+        with self.assertRaises(images.ImageRejected) as e:
+            images.convert(out.getvalue(), images.ImageOptions())
+        self.assertEqual(e.exception.reason, images.FORMAT_NOT_ALLOWED)
+
+
 if __name__ == "__main__":
     absltest.main()

@@ -1,9 +1,12 @@
 """Tests for source planning and reading (no Beam)."""
 
+import io
 import json
 import os
 import random
 import re
+import tarfile
+import urllib.parse
 from unittest import mock
 
 from absl.testing import absltest
@@ -225,14 +228,91 @@ class ImageNet21kTest(absltest.TestCase):
         plan = source.plan()
         items, rejects = _by_kind(_read_all(source, plan))
         self.assertLen(items, 3)
-        # The cut member, then the rest of the tar (its headers unreadable).
+        # The cut member, then the rest of the tar (unknown: the file ends).
         self.assertEqual(
             [(r["source"], r["reason"]) for r in rejects],
             [
                 (f"{path}:n001_3.JPEG", records.BAD_ARCHIVE),
-                (path, records.BAD_ARCHIVE),
+                (path, records.DAMAGED_ARCHIVE),
             ],
         )
+        self.assertEqual(rejects[1]["offset"], cut)
+        self.assertIsNone(rejects[1]["members_lost"])
+
+    def _damaged(self, damage):
+        """Reads a 6-member tar after `damage(bytes, header offsets)`."""
+        root = self.create_tempdir().full_path
+        members = [(f"n001_{i}.JPEG", fixtures.good_jpeg(i)) for i in range(6)]
+        path = fixtures.write_tar(f"{root}/n001.tar", members)
+        with tarfile.open(path) as tar:
+            offsets = [m.offset for m in tar]
+        with open(path, "rb") as f:
+            fixtures.write(path, damage(bytearray(f.read()), offsets))
+        source = _source(
+            source="imagenet21k", input=root, validation_per_class=0
+        )
+        items, rejects = _by_kind(_read_all(source, source.plan()))
+        return path, offsets, items, rejects
+
+    def test_bad_header_checksum_loses_the_rest_loudly(self):
+        def bad_checksum(data, offsets):
+            data[offsets[3] + 148 : offsets[3] + 154] = b"000001"
+            return bytes(data)
+
+        path, offsets, items, rejects = self._damaged(bad_checksum)
+        self.assertLen(items, 3)
+        self.assertLen(rejects, 1)
+        self.assertEqual(rejects[0]["reason"], records.DAMAGED_ARCHIVE)
+        self.assertEqual(rejects[0]["source"], path)
+        self.assertEqual(rejects[0]["offset"], offsets[3])
+        self.assertEqual(rejects[0]["members_lost"], 3)
+        self.assertIn("checksum", rejects[0]["error"])
+
+    def test_cut_at_a_header_boundary_is_damage(self):
+        path, offsets, items, rejects = self._damaged(
+            lambda data, offsets: bytes(data[: offsets[3]])
+        )
+        self.assertLen(items, 3)
+        self.assertEqual(
+            [(r["reason"], r["offset"], r["members_lost"]) for r in rejects],
+            [(records.DAMAGED_ARCHIVE, offsets[3], None)],
+        )
+        self.assertIn("end-of-archive", rejects[0]["error"])
+
+    def test_zeroed_header_is_damage(self):
+        def zeroed(data, offsets):
+            data[offsets[2] : offsets[2] + 512] = bytes(512)
+            return bytes(data)
+
+        _, offsets, items, rejects = self._damaged(zeroed)
+        self.assertLen(items, 2)
+        self.assertEqual(
+            [(r["reason"], r["offset"], r["members_lost"]) for r in rejects],
+            [(records.DAMAGED_ARCHIVE, offsets[2], 3)],
+        )
+
+    def test_latin1_member_name_is_escaped_and_read(self):
+        root = self.create_tempdir().full_path
+        data = fixtures.good_jpeg(1)
+        with tarfile.open(
+            f"{root}/n001.tar",
+            "w",
+            format=tarfile.GNU_FORMAT,
+            encoding="latin-1",
+        ) as tar:
+            info = tarfile.TarInfo("caf\xe9.JPEG")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        source = _source(
+            source="imagenet21k", input=root, validation_per_class=0
+        )
+        items, rejects = _by_kind(_read_all(source, source.plan()))
+        self.assertEqual(rejects, [])
+        self.assertEqual(items[0]["source_id"], "n001/caf%E9.JPEG")
+        self.assertEqual(
+            urllib.parse.unquote_to_bytes("caf%E9.JPEG"), b"caf\xe9.JPEG"
+        )
+        self.assertEqual(items[0]["data"], data)
 
     def test_no_tars_fails_before_reading(self):
         root = self.create_tempdir().full_path
