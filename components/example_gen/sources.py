@@ -250,24 +250,3 @@ def read_limited(path: str, max_bytes: int) -> bytes:
     """Reads at most `max_bytes + 1` bytes (enough to see it is too big)."""
     with tf.io.gfile.GFile(path, "rb") as f:
         return f.read(max_bytes + 1)
-
-
-def make_source(
-    config: config_lib.ExampleGenConfig, resolved: ResolvedInputs
-) -> Source:
-    """The source object for `config.source`."""
-    # Imported here: each mode's module imports this one.
-    from components.example_gen import (
-        image_folder,
-        imagenet21k,
-        jft,
-        tfds_source,
-    )
-
-    classes = {
-        config_lib.IMAGE_FOLDER: image_folder.ImageFolderSource,
-        config_lib.IMAGENET21K: imagenet21k.ImageNet21kSource,
-        config_lib.JFT: jft.JftSource,
-        config_lib.TFDS: tfds_source.TfdsSource,
-    }
-    return classes[config.source](config, resolved)
