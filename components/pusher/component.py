@@ -8,8 +8,8 @@ Pusher records: `pushed` (1/0), `pushed_version` and `pushed_destination`
 
 Only a model blessed by the Evaluator, and by infra-validation when that
 blessing is given, is pushed, to `<serving_base>/<model_name>/<version>/`
-(see `model_store` for why a server never sees it half-written). The
-version is the newest existing + 1, or the Unix time (TFX's
+(see `artifacts.model_store` for why a server never sees it half-written).
+The version is the newest existing + 1, or the Unix time (TFX's
 UNIX_TIMESTAMP). Pushing the export that is already the newest version
 pushes nothing and reports that version (re-runs are idempotent). The last
 `keep_versions` versions are kept; older ones are deleted after the push.
