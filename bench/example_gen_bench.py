@@ -43,6 +43,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
 
+from artifacts import examples as examples_lib
 from components import base
 from components.example_gen import component, images, records
 from components.example_gen import config as config_lib
@@ -156,7 +157,7 @@ def stage_throughput(jpegs: list[bytes], shorter: int, quality: int) -> dict:
     )
     converted, t_convert = _timed(lambda d: images.convert(d, options), jpegs)
     examples = [
-        records.make_example(
+        examples_lib.make_example(
             c.jpeg, c.height, c.width, [i % 1000], None, f"{i}"
         )
         for i, c in enumerate(converted)
@@ -204,7 +205,6 @@ def compression_figures(examples: list[bytes], repeats: int = 5) -> dict:
     examples = (examples * (1 + count // len(examples)))[:count]
 
     tmp = tempfile.mkdtemp()
-    spec = records.feature_spec(multi_label=False, with_scores=False)
     figures, datasets = {}, {}
     for compression in (config_lib.NONE, config_lib.GZIP):
         tf_name = "GZIP" if compression == config_lib.GZIP else ""
@@ -222,11 +222,9 @@ def compression_figures(examples: list[bytes], repeats: int = 5) -> dict:
         def dataset(decode, paths=paths, tf_name=tf_name):
             ds = tf.data.TFRecordDataset(paths, compression_type=tf_name)
             if decode:
-                ds = ds.map(lambda r: tf.io.parse_single_example(r, spec))
+                ds = ds.map(examples_lib.parse)
                 ds = ds.map(
-                    lambda f: preprocessing.preprocess_for_eval(
-                        f[records.IMAGE_ENCODED], 224
-                    )
+                    lambda f: preprocessing.preprocess_for_eval(f["image"], 224)
                 )
             ds = ds.batch(32)
             options = tf.data.Options()
@@ -281,7 +279,7 @@ def plain_loop(root: str, out: str, config) -> tuple[float, float]:
             data_digest = records.digest(data)
             image = images.convert(data, options)
             source_id = f"{cls}/{name}"
-            example = records.make_example(
+            example = examples_lib.make_example(
                 image.jpeg, image.height, image.width, [label], None, source_id
             )
             shard = records.stable_hash(0, "train", data_digest)

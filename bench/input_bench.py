@@ -37,7 +37,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from components import base, model_io
+from artifacts import examples as examples_lib
+from components import base
 
 flags.DEFINE_string("variant", "coatnet-0", "Model for the train step.")
 flags.DEFINE_integer("image_size", 224, "Training resolution.")
@@ -70,35 +71,19 @@ def photo(height: int, width: int, rng: np.random.Generator) -> bytes:
 
 def write_examples(root: str, count: int, num_classes: int) -> base.Artifact:
     """An Examples artifact of `count` photo-like images in 4 shards."""
-    import tensorflow as tf
-
     rng = np.random.default_rng(0)
-    folder = os.path.join(root, "Split-train")
-    tf.io.gfile.makedirs(folder)
-    writers = [
-        tf.io.TFRecordWriter(os.path.join(folder, f"data-{i:05d}-of-00004"))
-        for i in range(4)
-    ]
-    for n in range(count):
-        h = int(FLAGS.height * rng.uniform(0.8, 1.2))
-        w = int(FLAGS.width * rng.uniform(0.8, 1.2))
-        feature = {
-            "image/encoded": tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[photo(h, w, rng)])
-            ),
-            "image/format": tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[b"jpeg"])
-            ),
-            "image/class/label": tf.train.Feature(
-                int64_list=tf.train.Int64List(value=[n % num_classes])
-            ),
-        }
-        example = tf.train.Example(features=tf.train.Features(feature=feature))
-        writers[n % 4].write(example.SerializeToString())
-    for writer in writers:
-        writer.close()
+
+    def records():
+        for n in range(count):
+            h = int(FLAGS.height * rng.uniform(0.8, 1.2))
+            w = int(FLAGS.width * rng.uniform(0.8, 1.2))
+            yield examples_lib.make_example(
+                photo(h, w, rng), h, w, [n % num_classes], None, f"{n}"
+            )
+
+    examples_lib.write_split(root, "train", records(), 4, examples_lib.NONE)
     labels = [f"class_{i}" for i in range(num_classes)]
-    model_io.write_labels(os.path.join(root, model_io.LABELS_FILE), labels)
+    examples_lib.write_labels(root, labels)
     artifact = base.Artifact(
         base.EXAMPLES,
         root,
@@ -110,7 +95,10 @@ def write_examples(root: str, count: int, num_classes: int) -> base.Artifact:
         },
     )
     # The eval pipeline reads the same shards as a validation split.
-    shutil.copytree(folder, os.path.join(root, "Split-validation"))
+    shutil.copytree(
+        examples_lib.split_dir(root, "train"),
+        examples_lib.split_dir(root, "validation"),
+    )
     artifact.write()
     return artifact
 

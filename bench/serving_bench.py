@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from components import model_io  # noqa: E402
+from artifacts import model as model_io  # noqa: E402
+from artifacts import model_store  # noqa: E402
 from components.exporter import component as exporter  # noqa: E402
 from components.exporter import serving_model  # noqa: E402
-from components.pusher import model_store  # noqa: E402
 from serving import client as client_lib  # noqa: E402
 from serving import local_server, servables  # noqa: E402
 

@@ -10,19 +10,10 @@ A component is a library with
 - a thin CLI (an absl `main`) that builds the config from flags and calls
   `execute`.
 
-Artifacts are self-describing: `execute` writes `_artifact.json` (type, URI,
-properties, producer) at the root of every output artifact and
-`_execution.json` (the resolved config, inputs, outputs, timing) beside it, so
-a component run alone by cron, Airflow or Vertex leaves the same record as one
-run by the pipeline. The pipeline's run ledger builds lineage from these.
-
-Artifact types and their layouts (as TFX's standard artifacts):
-
-- `Examples`: `<uri>/Split-<name>/` TFRecord shards of tf.Example.
-- `Model`: `<uri>/Format-Serving/` SavedModel, `<uri>/checkpoints/`.
-- `ModelEvaluation`: `<uri>/metrics.json` and PNG plots.
-- `ModelBlessing`: an empty `<uri>/BLESSED` or `<uri>/NOT_BLESSED`.
-- `PushedModel`: the pushed version directory in its properties.
+Artifacts, their types and their JSON records belong to the artifacts layer
+(`artifacts/core.py`, re-exported here for the components): `execute`
+writes `_artifact.json` and `_execution.json` for every output, so a
+component run alone leaves the same record as one run by the pipeline.
 """
 
 from __future__ import annotations
@@ -30,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import time
 import types
 import typing
@@ -39,95 +29,23 @@ from typing import Any, ClassVar, Union
 
 import tensorflow as tf
 
-from storage import objstore
-
-ARTIFACT_FILE = "_artifact.json"
-EXECUTION_FILE = "_execution.json"
-
-# The artifact types the components exchange (TFX's standard names).
-EXAMPLES = "Examples"
-MODEL = "Model"
-MODEL_EVALUATION = "ModelEvaluation"
-MODEL_BLESSING = "ModelBlessing"
-PUSHED_MODEL = "PushedModel"
-ARTIFACT_TYPES = (
+from artifacts import core
+from artifacts.core import (  # noqa: F401 (the components' names)
+    ARTIFACT_FILE,
+    ARTIFACT_TYPES,
     EXAMPLES,
+    EXECUTION_FILE,
     MODEL,
-    MODEL_EVALUATION,
     MODEL_BLESSING,
+    MODEL_EVALUATION,
     PUSHED_MODEL,
+    Artifact,
+    ArtifactError,
+    config_from_json,
+    config_to_json,
+    read_json,
+    write_json,
 )
-
-
-class ArtifactError(ValueError):
-    """An artifact is missing, of the wrong type, or unreadable."""
-
-
-@dataclasses.dataclass
-class Artifact:
-    """A typed pointer to data a component produced or consumes.
-
-    Attributes:
-      type_name: one of `ARTIFACT_TYPES`.
-      uri: the artifact's root directory (local path or gs://).
-      properties: JSON-serializable facts about it (span, split names,
-        blessed, pushed version, ...).
-    """
-
-    type_name: str
-    uri: str
-    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.type_name not in ARTIFACT_TYPES:
-            raise ArtifactError(
-                f"Unknown artifact type {self.type_name!r}; expected one of "
-                f"{ARTIFACT_TYPES}."
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Artifact:
-        return cls(
-            type_name=data["type_name"],
-            uri=data["uri"],
-            properties=dict(data.get("properties", {})),
-        )
-
-    def write(self) -> None:
-        """Writes `_artifact.json` at the artifact's root."""
-        write_json(os.path.join(self.uri, ARTIFACT_FILE), self.to_json())
-
-    @classmethod
-    def read(cls, uri: str, type_name: str | None = None) -> Artifact:
-        """Reads the artifact whose root is `uri`.
-
-        Args:
-          uri: the artifact's root directory.
-          type_name: when given, the type the caller expects.
-
-        Returns:
-          The artifact, with the URI it was found at (it may have moved).
-
-        Raises:
-          ArtifactError: no `_artifact.json` there, or the wrong type.
-        """
-        path = os.path.join(uri, ARTIFACT_FILE)
-        if not tf.io.gfile.exists(path):
-            raise ArtifactError(
-                f"{uri} is not an artifact: {ARTIFACT_FILE} is missing. Pass "
-                "the output directory of a finished component run."
-            )
-        artifact = cls.from_json(read_json(path))
-        artifact.uri = uri
-        if type_name is not None and artifact.type_name != type_name:
-            raise ArtifactError(
-                f"{uri} holds a {artifact.type_name} artifact, but a "
-                f"{type_name} is needed here."
-            )
-        return artifact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,45 +161,8 @@ def execute(
     for artifact in outputs.values():
         artifact.properties.setdefault("producer", spec.name)
         artifact.write()
-        write_json(os.path.join(artifact.uri, EXECUTION_FILE), record)
+        core.write_execution(artifact.uri, record)
     return outputs
-
-
-def config_to_json(config: Any) -> dict[str, Any]:
-    """A dataclass config as JSON-ready data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def config_from_json(config_type: type, data: Mapping[str, Any]) -> Any:
-    """Builds `config_type` from JSON data, recursing into dataclasses.
-
-    Args:
-      config_type: a dataclass type.
-      data: field values; unknown keys are an error.
-
-    Returns:
-      The config instance.
-
-    Raises:
-      ValueError: `data` has a key that is not a field of `config_type`.
-    """
-    fields = {f.name: f for f in dataclasses.fields(config_type)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(
-            f"{config_type.__name__} has no fields {sorted(unknown)}; "
-            f"known: {sorted(fields)}."
-        )
-    hints = _type_hints(config_type)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints.get(name)
-        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            value = config_from_json(hint, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return config_type(**kwargs)
 
 
 def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
@@ -377,38 +258,6 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name}: {value!r} is not a {hint}.") from e
     return value
-
-
-def _type_hints(config_type: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(config_type)
-    except Exception:  # Unresolvable forward references: no recursion.
-        return {}
-
-
-def write_json(path: str, data: Any) -> None:
-    """Writes JSON atomically (temp file, then rename) on any filesystem;
-    on local disk also fsynced, so a power loss leaves old or new content."""
-    if "://" not in path:
-        text = json.dumps(data, indent=2, sort_keys=True, default=str)
-        objstore.write_atomic(path, (text + "\n").encode())
-        return
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True, default=str))
-        f.write("\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def read_json(path: str) -> Any:
-    """Reads a JSON file, naming it in the error when it is not JSON."""
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
 
 
 def _iso(seconds: float) -> str:

@@ -15,26 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from artifacts.core import resolve_user_path
 from components import base
 
 # Where outputs go when the user names none: outside the source tree.
 DEFAULT_HOME_ENV = "COATNET_HOME"
-
-
-def resolve_user_path(path: str) -> str:
-    """Resolves a path the user typed on the command line.
-
-    Args:
-      path: a local path, relative or absolute, or a URI such as gs://...
-
-    Returns:
-      URIs and absolute paths unchanged; relative paths joined to the
-      directory `bazel run` was called from (or the current directory).
-    """
-    if not path or "://" in path or os.path.isabs(path):
-        return path
-    base_dir = os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd()
-    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
 
 
 def default_home() -> str:

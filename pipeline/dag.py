@@ -289,8 +289,7 @@ def _resolve_inputs(
     pinned = _pinned_execution(node.id, inputs, config, store)
     for key, resolver in resolvers.items():
         if pinned is not None:
-            data = pinned.inputs.get(key)
-            artifact = None if data is None else base.Artifact.from_json(data)
+            artifact = pinned.inputs.get(key)
         else:
             artifact = resolver(store)
         if artifact is not None:
@@ -316,7 +315,7 @@ def _pinned_execution(
         if execution.config != config:
             continue
         have = {
-            k: execution.inputs[k]["uri"] for k in want if k in execution.inputs
+            k: execution.inputs[k].uri for k in want if k in execution.inputs
         }
         if have == want:
             return execution

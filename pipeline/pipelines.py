@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from artifacts import blessing as blessing_lib
+from artifacts import model_store
 from components import base
 from components.evaluator.component import Evaluator
 from components.example_gen.component import ExampleGen
@@ -60,16 +62,18 @@ def latest_blessed_model(*stages: str) -> dag.Resolver:
 
     def resolve(store: store_lib.ArtifactStore) -> base.Artifact | None:
         blessed = None
+        evaluators = {node_id("Evaluator", s) for s in stages}
         for execution in store.executions():
-            if execution.state not in (store_lib.COMPLETE, store_lib.CACHED):
+            if not execution.finished_ok:
                 continue
-            if execution.component_id not in {
-                node_id("Evaluator", s) for s in stages
-            }:
+            if execution.component_id not in evaluators:
                 continue
-            blessing = execution.outputs.get("blessing", {})
-            if blessing.get("properties", {}).get("blessed") == 1:
-                blessed = base.Artifact.from_json(execution.inputs["model"])
+            blessing = execution.outputs.get("blessing")
+            if (
+                blessing is not None
+                and blessing_lib.blessed_property(blessing) == 1
+            ):
+                blessed = execution.inputs["model"]
         return blessed
 
     return resolve
@@ -83,16 +87,14 @@ def pushed_model(model_name: str) -> dag.Resolver:
         for execution in store.executions():
             if not execution.component_id.startswith("Pusher."):
                 continue
-            if execution.state not in (store_lib.COMPLETE, store_lib.CACHED):
+            if not execution.finished_ok:
                 continue
-            pushed = execution.outputs.get("pushed_model", {})
-            props = pushed.get("properties", {})
-            if props.get("pushed") == 1 and props.get("model_name") in (
-                None,
-                model_name,
-            ):
-                if execution.config.get("model_name") == model_name:
-                    current = base.Artifact.from_json(execution.inputs["model"])
+            artifact = execution.outputs.get("pushed_model")
+            if artifact is None:
+                continue
+            push = model_store.PushedModel.of(artifact)
+            if push.pushed and push.model_name == model_name:
+                current = execution.inputs["model"]
         return current
 
     return resolve
@@ -118,10 +120,10 @@ def _outputs_of(
     for execution in store.executions():
         if execution.component_id != component_id:
             continue
-        if execution.state not in (store_lib.COMPLETE, store_lib.CACHED):
+        if not execution.finished_ok:
             continue
         if key in execution.outputs:
-            found.append(base.Artifact.from_json(execution.outputs[key]))
+            found.append(execution.outputs[key])
     return found
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +23,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from components import base, model_io  # noqa: E402
+from artifacts import blessing as blessing_lib  # noqa: E402
+from artifacts import (
+    core,  # noqa: E402
+    model_store,  # noqa: E402
+)
+from artifacts import evaluation as evaluation_lib  # noqa: E402
+from artifacts import model as model_io  # noqa: E402
 
 TRAIN_LOGS = "logs"
 
@@ -58,17 +63,18 @@ def stage_row(stage: str, outputs: Mapping[str, Mapping[str, Any]]) -> StageRow:
     blessing = outputs[f"Evaluator.{stage}"]["blessing"]
     pushed = outputs[f"Pusher.{stage}"]["pushed_model"]
     spec = model_io.read_spec(model.uri)
-    metrics = _read_metrics(evaluation.uri)
+    metrics = evaluation_lib.main_metrics(evaluation.uri)
     metric = "precision_at_1" if spec.multi_label else "top1"
+    push = model_store.PushedModel.of(pushed)
     return StageRow(
         stage=stage,
         resolution=spec.image_size,
         metric=metric,
         value=metrics.get(metric),
-        blessed=blessing.properties.get("blessed"),
-        pushed_version=pushed.properties.get("pushed_version"),
+        blessed=blessing_lib.blessed_property(blessing),
+        pushed_version=push.version,
         model_uri=model.uri,
-        serving_dir=pushed.properties.get("pushed_destination", ""),
+        serving_dir=push.destination,
     )
 
 
@@ -128,7 +134,7 @@ def write_report(
             lines += [f"![confusion matrix]({confusion})", ""]
     bias = _bias_section(outputs, run_dir)
     lines += bias
-    base.write_json(os.path.join(run_dir, "config.json"), config_json)
+    core.write_json(os.path.join(run_dir, "config.json"), config_json)
     lines += ["The run's resolved config: [config.json](config.json).", ""]
     path = os.path.join(run_dir, "report.md")
     with open(path, "w") as f:
@@ -205,28 +211,15 @@ def plot_bias_resize(
     return path
 
 
-def _read_metrics(uri: str) -> dict[str, float]:
-    path = os.path.join(uri, "metrics.json")
-    if not tf.io.gfile.exists(path):
-        return {}
-    data = base.read_json(path)
-    main = data.get("main", data)
-    return {k: v for k, v in main.get("metrics", main).items() if _is_number(v)}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _copy_confusion(
     outputs: Mapping[str, Mapping[str, Any]], stage: str, run_dir: str
 ) -> str | None:
     evaluation = outputs[f"Evaluator.{stage}"]["evaluation"]
-    found = sorted(glob.glob(os.path.join(evaluation.uri, "*confusion*.png")))
-    if not found:
+    found = evaluation_lib.confusion_png(evaluation.uri)
+    if found is None:
         return None
     name = f"{stage}_confusion.png"
-    shutil.copyfile(found[0], os.path.join(run_dir, name))
+    tf.io.gfile.copy(found, os.path.join(run_dir, name), overwrite=True)
     return name
 
 
@@ -243,10 +236,7 @@ def _bias_section(
         return []
     import coatnet_tf
 
-    weights = os.path.join(
-        source.uri, model_io.WEIGHTS_DIR, model_io.WEIGHTS_PREFIX
-    )
-    reader = tf.train.load_checkpoint(weights)
+    reader = tf.train.load_checkpoint(model_io.weights_path(source.uri))
     names = sorted(
         n
         for n in reader.get_variable_to_shape_map()
@@ -255,11 +245,8 @@ def _bias_section(
     if not names:
         return []
     table = reader.get_tensor(names[0])
-    target_weights = os.path.join(
-        target.uri, model_io.WEIGHTS_DIR, model_io.WEIGHTS_PREFIX
-    )
     target_shape = tf.train.load_checkpoint(
-        target_weights
+        model_io.weights_path(target.uri)
     ).get_variable_to_shape_map()[names[0]]
     src_size = model_io.read_spec(source.uri).image_size
     dst_size = model_io.read_spec(target.uri).image_size

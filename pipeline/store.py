@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -49,8 +49,8 @@ class Execution:
       cache_key: hash of component, config, inputs and code.
       cache_parts: the key's parts, hashed one by one (to explain misses).
       state: RUNNING, COMPLETE, FAILED or CACHED.
-      inputs: input key to artifact JSON.
-      outputs: output key to artifact JSON.
+      inputs: input key to artifact.
+      outputs: output key to artifact.
       config: the resolved execution properties.
       reused_from: for CACHED, the execution whose outputs were reused.
       started, finished: ISO timestamps.
@@ -64,16 +64,55 @@ class Execution:
     cache_key: str
     state: str
     cache_parts: dict[str, str] = dataclasses.field(default_factory=dict)
-    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    inputs: dict[str, base.Artifact] = dataclasses.field(default_factory=dict)
+    outputs: dict[str, base.Artifact] = dataclasses.field(default_factory=dict)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     reused_from: int | None = None
     started: str = ""
     finished: str = ""
     error: str = ""
 
+    @property
+    def finished_ok(self) -> bool:
+        """COMPLETE, or CACHED: its outputs are there to use."""
+        return self.state in (COMPLETE, CACHED)
+
     def output_artifacts(self) -> dict[str, base.Artifact]:
-        return {k: base.Artifact.from_json(v) for k, v in self.outputs.items()}
+        """The outputs by key (a copy: callers may change properties)."""
+        return {
+            k: base.Artifact.from_json(a.to_json())
+            for k, a in self.outputs.items()
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The ledger's JSON form (artifacts as their JSON records)."""
+        data = dataclasses.asdict(self)
+        data["inputs"] = {k: a.to_json() for k, a in self.inputs.items()}
+        data["outputs"] = {k: a.to_json() for k, a in self.outputs.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Execution:
+        """Reads one ledger entry.
+
+        Raises:
+          base.ArtifactError: the entry is not an execution record.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise base.ArtifactError(
+                f"Ledger entry {data.get('id')!r} has unknown fields "
+                f"{sorted(unknown)}; the ledger was written by another "
+                "version of this pipeline."
+            )
+        values = dict(data)
+        for key in ("inputs", "outputs"):
+            values[key] = {
+                k: base.Artifact.from_json(v)
+                for k, v in (data.get(key) or {}).items()
+            }
+        return cls(**values)
 
 
 class ArtifactStore:
@@ -97,7 +136,7 @@ class ArtifactStore:
 
     def executions(self) -> list[Execution]:
         """All executions, oldest first."""
-        return [Execution(**e) for e in self._load()["executions"]]
+        return [Execution.from_json(e) for e in self._load()["executions"]]
 
     def get(self, execution_id: int) -> Execution:
         for execution in self.executions():
@@ -151,11 +190,11 @@ class ArtifactStore:
             cache_key=cache_key,
             state=RUNNING,
             cache_parts=dict(cache_parts or {}),
-            inputs={k: a.to_json() for k, a in inputs.items()},
+            inputs=dict(inputs),
             config=config,
             started=_now(),
         )
-        data["executions"].append(dataclasses.asdict(execution))
+        data["executions"].append(execution.to_json())
         self._save(data)
         return execution
 
@@ -173,10 +212,10 @@ class ArtifactStore:
         execution.error = error
         execution.reused_from = reused_from
         if outputs is not None:
-            execution.outputs = {k: a.to_json() for k, a in outputs.items()}
+            execution.outputs = dict(outputs)
         data = self._load()
         data["executions"] = [
-            dataclasses.asdict(execution) if e["id"] == execution.id else e
+            execution.to_json() if e["id"] == execution.id else e
             for e in data["executions"]
         ]
         self._save(data)
@@ -188,10 +227,7 @@ class ArtifactStore:
         for execution in reversed(self.executions()):
             if execution.cache_key != cache_key or execution.state != COMPLETE:
                 continue
-            if all(
-                tf.io.gfile.exists(os.path.join(a.uri, base.ARTIFACT_FILE))
-                for a in execution.output_artifacts().values()
-            ):
+            if all(a.exists() for a in execution.outputs.values()):
                 return execution
         return None
 
@@ -239,7 +275,7 @@ class ArtifactStore:
         for execution in self.executions():
             if execution.state in (COMPLETE,):
                 for artifact in execution.outputs.values():
-                    producers.setdefault(artifact["uri"], execution)
+                    producers.setdefault(artifact.uri, execution)
         chain, todo, seen = [], [uri], set()
         while todo:
             execution = producers.get(todo.pop(0))
@@ -247,7 +283,7 @@ class ArtifactStore:
                 continue
             seen.add(execution.id)
             chain.append(execution)
-            todo.extend(a["uri"] for a in execution.inputs.values())
+            todo.extend(a.uri for a in execution.inputs.values())
         return chain
 
     def _load(self) -> dict[str, Any]:

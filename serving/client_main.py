@@ -18,6 +18,7 @@ from typing import TextIO
 
 from absl import app, flags
 
+from artifacts import core
 from serving import client as client_lib
 
 _SERVER = flags.DEFINE_string("server", "localhost:8500", "HOST:PORT.")
@@ -67,8 +68,6 @@ def make_client() -> client_lib.ServingClient:
 
 def run(images: Sequence[str], out: TextIO = sys.stdout) -> int:
     """Does what the flags say; returns the exit code."""
-    from components import cli
-
     with make_client() as client:
         if _METADATA.value:
             print(json.dumps(client.get_model_metadata(), indent=1), file=out)
@@ -78,7 +77,7 @@ def run(images: Sequence[str], out: TextIO = sys.stdout) -> int:
             return 0
         if not images:
             raise app.UsageError("Name at least one image file.")
-        paths = [cli.resolve_user_path(p) for p in images]
+        paths = [core.resolve_user_path(p) for p in images]
         predictions = client.predict_images(paths, _SIGNATURE.value)
     for p in predictions:
         del p.top_k[_TOP_K.value :]
@@ -100,9 +99,7 @@ def run(images: Sequence[str], out: TextIO = sys.stdout) -> int:
 
 
 def _resolve(path: str) -> str:
-    from components import cli
-
-    return cli.resolve_user_path(path) if path else ""
+    return core.resolve_user_path(path) if path else ""
 
 
 def main(argv):

@@ -15,7 +15,7 @@ import os
 
 from absl import app, flags
 
-from components import cli
+from artifacts import core
 from serving import local_server, servables
 
 _PORT = flags.DEFINE_integer("port", 8500, "gRPC port (0: pick a free one).")
@@ -46,14 +46,14 @@ _CLIENT_CA = flags.DEFINE_string(
 def sources_from_flags() -> list[servables.ModelSource]:
     """The models named by --model_config_file or --model_name/_base_path."""
     if _CONFIG.value:
-        with open(cli.resolve_user_path(_CONFIG.value)) as f:
+        with open(core.resolve_user_path(_CONFIG.value)) as f:
             return servables.sources_from_config(f.read())
     if not _NAME.value or not _BASE.value:
         raise app.UsageError(
             "Give --model_config_file, or --model_name and --model_base_path."
         )
     return [
-        servables.ModelSource(_NAME.value, cli.resolve_user_path(_BASE.value))
+        servables.ModelSource(_NAME.value, core.resolve_user_path(_BASE.value))
     ]
 
 

@@ -23,7 +23,7 @@ import grpc
 import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_status_pb2,
@@ -31,10 +31,10 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from artifacts import model_store
+
 State = get_model_status_pb2.ModelVersionStatus.State
 DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000
 
 
 class RequestError(Exception):
@@ -126,27 +126,9 @@ class Servable:
     loaded: object = None
 
 
-def integer_versions(base_path: str) -> list[int]:
-    """Version directories under `base_path` whose saved_model.pb exists."""
-    if not tf.io.gfile.isdir(base_path):
-        return []
-    versions = []
-    for entry in tf.io.gfile.listdir(base_path):
-        name = entry.rstrip("/")
-        if not name.isdigit():
-            continue  # Temp dirs of an in-progress push, labels, etc.
-        if tf.io.gfile.exists(os.path.join(base_path, name, "saved_model.pb")):
-            versions.append(int(name))
-    return sorted(versions)
-
-
 def read_signature_defs(export_dir: str) -> dict[str, object]:
     """The SignatureDefs of a SavedModel's serving meta graph."""
-    proto = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(
-        os.path.join(export_dir, "saved_model.pb"), "rb"
-    ) as f:
-        proto.ParseFromString(f.read())
+    proto = model_store.read_saved_model(export_dir)
     for meta_graph in proto.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
             return dict(meta_graph.signature_def)
@@ -184,7 +166,7 @@ class ModelManager:
 
     def _refresh_model(self, name: str, source: ModelSource) -> None:
         """Brings one model's loaded versions in line with its policy."""
-        wanted = source.wanted(integer_versions(source.base_path))
+        wanted = source.wanted(model_store.ready_versions(source.base_path))
         current = self._servables[name]
         for version in wanted:
             old = current.get(version)
@@ -430,19 +412,8 @@ def run_warmup(servable: Servable) -> int:
       ValueError: too many records, or a record of an unsupported kind.
       RequestError: a request failed.
     """
-    path = os.path.join(servable.path, WARMUP_FILE)
-    if not tf.io.gfile.exists(path):
-        return 0
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    count = 0
-    for record in tf.data.TFRecordDataset(path):
-        count += 1
-        if count > MAX_WARMUP_RECORDS:
-            raise ValueError(
-                f"More than {MAX_WARMUP_RECORDS} warmup records in {path}."
-            )
-        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+    logs = model_store.read_warmup(servable.path)
+    for log in logs:
         kind = log.WhichOneof("log_type")
         if kind == "predict_log":
             predict(servable, log.predict_log.request)
@@ -450,8 +421,8 @@ def run_warmup(servable: Servable) -> int:
             classify(servable, log.classify_log.request)
         else:
             raise ValueError(f"Unsupported warmup record kind {kind!r}.")
-    logging.info("Ran %d warmup requests on %s.", count, servable.path)
-    return count
+    logging.info("Ran %d warmup requests on %s.", len(logs), servable.path)
+    return len(logs)
 
 
 def _fill_spec(spec, servable: Servable, signature: str) -> None:

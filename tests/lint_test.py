@@ -4,22 +4,12 @@ Runs `ruff format --check` and `ruff check` (settings in pyproject.toml)
 over the source tree this test file was built from.
 """
 
-import os
 import subprocess
 import sys
 
 from absl.testing import absltest
 
-
-def _source_root() -> str:
-    # Runfiles are symlinks into the source tree; follow this file's link
-    # back to the workspace root (the folder holding pyproject.toml).
-    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-    if not os.path.exists(os.path.join(root, "pyproject.toml")):
-        raise FileNotFoundError(
-            f"No pyproject.toml at {root}: cannot find the source tree."
-        )
-    return root
+from tests import source_tree
 
 
 def _ruff() -> list[str]:
@@ -32,7 +22,7 @@ class LintTest(absltest.TestCase):
     def _run(self, *args):
         result = subprocess.run(
             _ruff() + list(args),
-            cwd=_source_root(),
+            cwd=source_tree.root(),
             capture_output=True,
             text=True,
             check=False,

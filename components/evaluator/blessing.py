@@ -24,17 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import tensorflow as tf
-
-from components import base
-
-BLESSED_FILE = "BLESSED"
-NOT_BLESSED_FILE = "NOT_BLESSED"
 HIGHER_IS_BETTER = "higher_is_better"
 LOWER_IS_BETTER = "lower_is_better"
 
@@ -264,20 +257,3 @@ def _match(spec: str) -> tuple[str, str, float, str]:
             "'loss<=0.05' or 'top1>=-1%'."
         )
     return m["metric"], m["op"], float(m["num"]), m["pct"]
-
-
-def write_blessing(artifact: base.Artifact, blessed: bool) -> None:
-    """Writes the empty BLESSED/NOT_BLESSED marker and the property."""
-    stale = NOT_BLESSED_FILE if blessed else BLESSED_FILE
-    if tf.io.gfile.exists(os.path.join(artifact.uri, stale)):
-        tf.io.gfile.remove(os.path.join(artifact.uri, stale))
-    marker = BLESSED_FILE if blessed else NOT_BLESSED_FILE
-    with tf.io.gfile.GFile(os.path.join(artifact.uri, marker), "w") as f:
-        f.write("")  # GFile creates the file on the first write only.
-    artifact.properties["blessed"] = int(blessed)
-
-
-def is_blessed(artifact: base.Artifact) -> bool:
-    """A ModelBlessing's verdict: the marker file and the property agree."""
-    marker = tf.io.gfile.exists(os.path.join(artifact.uri, BLESSED_FILE))
-    return marker and int(artifact.properties.get("blessed", 0)) == 1

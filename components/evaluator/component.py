@@ -24,7 +24,6 @@ What is reported depends on the model and the data:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,13 +32,14 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from components import base, model_io
-from components.evaluator import blessing as blessing_lib
+from artifacts import blessing as blessing_lib
+from artifacts import evaluation as evaluation_lib
+from artifacts import examples as examples_lib
+from artifacts import model as model_io
+from components import base
+from components.evaluator import blessing as thresholds_lib
 from components.evaluator import examples_io, metrics, plots
 
-METRICS_FILE = "metrics.json"
-CONFUSION_PNG = "confusion_matrix.png"
-RELIABILITY_PNG = "reliability_diagram.png"
 EXTRA_INPUTS = ("extra_examples_1", "extra_examples_2", "extra_examples_3")
 
 
@@ -62,7 +62,7 @@ class EvaluatorConfig:
     batch_size: int = 64
     max_examples: int = 0
     ece_bins: int = metrics.DEFAULT_ECE_BINS
-    thresholds: tuple[blessing_lib.MetricThreshold, ...] = ()
+    thresholds: tuple[thresholds_lib.MetricThreshold, ...] = ()
     extra_names: tuple[str, ...] = ()
     extra_splits: tuple[str, ...] = ()
 
@@ -71,7 +71,7 @@ class EvaluatorConfig:
         object.__setattr__(
             self,
             "thresholds",
-            blessing_lib.thresholds_from_json(self.thresholds),
+            thresholds_lib.thresholds_from_json(self.thresholds),
         )
         if self.batch_size < 1 or self.ece_bins < 1:
             raise ValueError("batch_size and ece_bins must be positive.")
@@ -231,7 +231,7 @@ class Evaluator(base.Component):
             )
             report["baseline_model"] = inputs["baseline_model"].uri
             report["baseline"] = _model_report(baseline)
-        blessed, checks = blessing_lib.validate(
+        blessed, checks = thresholds_lib.validate(
             config.thresholds,
             _flat(candidate),
             None if baseline is None else _flat(baseline),
@@ -243,12 +243,8 @@ class Evaluator(base.Component):
         }
         evaluation = outputs["evaluation"]
         _write_plots(evaluation.uri, candidate, sets)
-        base.write_json(os.path.join(evaluation.uri, METRICS_FILE), report)
-        main_metrics = candidate[_MAIN][0].metrics
-        evaluation.properties.update(
-            {k: v for k, v in main_metrics.items() if _is_number(v)}
-        )
-        blessing_lib.write_blessing(outputs["blessing"], blessed)
+        evaluation_lib.write_report(evaluation, report)
+        blessing_lib.write(outputs["blessing"], blessed, blessing_lib.MODEL)
         outputs["blessing"].properties.update(
             {
                 "current_model": inputs["model"].uri,
@@ -262,7 +258,7 @@ class Evaluator(base.Component):
         logging.info("Blessed: %s", blessed)
 
 
-_MAIN = ""  # The key of the main split among the evaluation sets.
+_MAIN = evaluation_lib.MAIN_SET
 
 
 @dataclasses.dataclass
@@ -271,6 +267,7 @@ class _EvalSet:
     split: str
     files: list[str]
     data_labels: list[str] | None
+    compression: str | None
 
 
 def _eval_sets(
@@ -281,8 +278,9 @@ def _eval_sets(
         _EvalSet(
             _MAIN,
             config.split,
-            examples_io.split_files(main, config.split),
-            examples_io.read_labels(main),
+            examples_lib.split_files(main, config.split),
+            examples_lib.read_labels(main),
+            examples_lib.compression_of(main),
         )
     ]
     for i, key in enumerate(EXTRA_INPUTS):
@@ -292,14 +290,15 @@ def _eval_sets(
         name = config.extra_names[i] if i < len(config.extra_names) else key
         split = config.extra_splits[i] if i < len(config.extra_splits) else ""
         if not split:
-            names = examples_io.split_names(artifact)
+            names = examples_lib.split_names(artifact)
             split = names[0] if len(names) == 1 else config.split
         sets.append(
             _EvalSet(
                 name,
                 split,
-                examples_io.split_files(artifact, split),
-                examples_io.read_labels(artifact),
+                examples_lib.split_files(artifact, split),
+                examples_lib.read_labels(artifact),
+                examples_lib.compression_of(artifact),
             )
         )
     return sets
@@ -319,6 +318,7 @@ def _evaluate_model(
             config.batch_size,
             mapping,
             config.max_examples,
+            s.compression,
         )
         try:
             logits, truth = collect(predict, dataset)
@@ -372,18 +372,15 @@ def _flat(results) -> dict[str, float]:
 def _write_plots(uri: str, results, sets: list[_EvalSet]) -> None:
     split_of = {s.name: s.split for s in sets}
     for name, (r, labels, _) in results.items():
-        prefix = f"{name}-" if name else ""
         title = f"{name or 'main'} / {split_of[name]}"
         if r.confusion is not None:
             plots.write_png(
-                os.path.join(uri, prefix + CONFUSION_PNG),
+                evaluation_lib.plot_path(
+                    uri, evaluation_lib.CONFUSION_PNG, name
+                ),
                 plots.confusion_matrix_png(r.confusion, labels, title),
             )
         plots.write_png(
-            os.path.join(uri, prefix + RELIABILITY_PNG),
+            evaluation_lib.plot_path(uri, evaluation_lib.RELIABILITY_PNG, name),
             plots.reliability_png(r.calibration, title),
         )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -25,18 +25,20 @@ from typing import Any
 
 import tensorflow as tf
 
+from artifacts import examples as examples_lib
 from components import base
 from components.example_gen import (
     beam_pipeline,
     images,
     records,
+    registry,
     runners,
     sources,
     spans,
 )
 from components.example_gen import config as config_lib
 
-LABELS_FILE = "labels.txt"
+LABELS_FILE = examples_lib.LABELS_FILE
 METADATA_FILE = "metadata.json"
 PAYLOAD_FORMAT = "FORMAT_TF_EXAMPLE"
 
@@ -75,7 +77,7 @@ def _prepare_output(layout: beam_pipeline.Layout, overwrite: bool) -> None:
     old = [
         posixpath.join(uri, name.rstrip("/"))
         for name in tf.io.gfile.listdir(uri)
-        if name.startswith(("Split-", "rejects", "_work"))
+        if name.startswith((examples_lib.SPLIT_PREFIX, "rejects", "_work"))
         or name in (LABELS_FILE, METADATA_FILE)
     ]
     if old and not overwrite:
@@ -181,7 +183,7 @@ def _metadata(config, resolved, plan, layout, stats, outcome) -> dict[str, Any]:
         "file_format": _file_format(config.compression),
         "payload_format": PAYLOAD_FORMAT,
         "features": sorted(
-            records.feature_spec(plan.multi_label, plan.with_scores)
+            examples_lib.feature_spec(plan.multi_label, plan.with_scores)
         ),
         "num_classes": len(plan.classes),
         "multi_label": plan.multi_label,
@@ -242,7 +244,7 @@ class ExampleGen(base.Component):
         runners.check_beam_args(list(config.beam_pipeline_args))
         artifact = outputs["examples"]
         resolved = resolve_inputs(config)
-        source = sources.make_source(config, resolved)
+        source = registry.make_source(config, resolved)
         plan = source.plan()
         layout = beam_pipeline.Layout(
             uri=artifact.uri,
@@ -276,10 +278,7 @@ class ExampleGen(base.Component):
         stats = base.read_json(layout.stats_path)
         _remove_temp_files(layout)
         check_accounting(stats, plan, layout)
-        with tf.io.gfile.GFile(
-            posixpath.join(artifact.uri, LABELS_FILE), "w"
-        ) as f:
-            f.write("".join(f"{c.name}\n" for c in plan.classes))
+        examples_lib.write_labels(artifact.uri, [c.name for c in plan.classes])
         base.write_json(
             posixpath.join(artifact.uri, METADATA_FILE),
             _metadata(config, resolved, plan, layout, stats, outcome),

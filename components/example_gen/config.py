@@ -11,6 +11,8 @@ import dataclasses
 import os
 import re
 
+from artifacts import examples as examples_lib
+
 # The source modes: class folders, ImageNet-21K per-synset tars,
 # JFT-style multi-label manifests and prepared TFDS datasets.
 IMAGE_FOLDER = "image_folder"
@@ -30,9 +32,10 @@ VALIDATION = "validation"
 # 0.07 ms; the extra 0.10 ms is ~5% of the trainer's parse + decode +
 # crop (2.1 ms), and the trainer-like read measured 5-19% slower. TPU
 # hosts are input-bound, so 3% of storage is not worth the CPU.
-GZIP = "GZIP"
-NONE = "NONE"
-COMPRESSIONS = (GZIP, NONE)
+# The values are the Examples artifact's (artifacts.examples).
+GZIP = examples_lib.GZIP
+NONE = examples_lib.NONE
+COMPRESSIONS = examples_lib.COMPRESSIONS
 
 # Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS): about
 # 9,500 x 9,500 pixels. ImageNet's largest images are far smaller.

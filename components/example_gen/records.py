@@ -1,14 +1,8 @@
-"""The records ExampleGen writes and the entries flowing to them.
+"""The entries flowing through ExampleGen's Beam stages to its records.
 
-Output contract (read by the Trainer and the pipeline): tf.Example with
-
-- `image/encoded`: RGB JPEG bytes; `image/format`: b"jpeg";
-- `image/height`, `image/width`: int64;
-- `image/class/label`: int64 list, one entry single-label, several
-  multi-label (sorted ascending);
-- `image/class/score`: float list aligned with the labels (only when the
-  source gives scores);
-- `image/source_id`: bytes, the stable id of the source image.
+The records themselves (feature keys, serialization, parse spec, shard
+layout) are the Examples artifact's, owned by `artifacts.examples`; their
+names are re-exported here for the sources.
 
 Between the Beam stages, entries are plain dicts and tuples (cheap, and
 encodable by Beam's default coder on every runner):
@@ -26,15 +20,16 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import tensorflow as tf
-
-IMAGE_ENCODED = "image/encoded"
-IMAGE_FORMAT = "image/format"
-IMAGE_HEIGHT = "image/height"
-IMAGE_WIDTH = "image/width"
-LABEL = "image/class/label"
-SCORE = "image/class/score"
-SOURCE_ID = "image/source_id"
+from artifacts.examples import (  # noqa: F401 (the sources' names)
+    IMAGE_ENCODED,
+    IMAGE_FORMAT,
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    LABEL,
+    SCORE,
+    SOURCE_ID,
+    make_example,
+)
 
 # Entry kinds emitted by the discovery step.
 ITEM = "item"
@@ -139,76 +134,3 @@ def unit_interval(*parts: Any) -> float:
 def digest(data: bytes) -> str:
     """sha256 hex of the bytes: the identity used for deduplication."""
     return hashlib.sha256(data).hexdigest()
-
-
-def make_example(
-    jpeg: bytes,
-    height: int,
-    width: int,
-    labels: Sequence[int],
-    scores: Sequence[float] | None,
-    source_id: str,
-) -> bytes:
-    """Serializes one record of the output contract.
-
-    Args:
-      jpeg: RGB JPEG bytes.
-      height: image rows.
-      width: image columns.
-      labels: class indices.
-      scores: per-label scores aligned with `labels`, or None.
-      source_id: the stable id of the source image.
-
-    Returns:
-      The serialized tf.Example (deterministic serialization).
-    """
-
-    def _bytes(values):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-
-    def _ints(values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-    feature = {
-        IMAGE_ENCODED: _bytes([jpeg]),
-        IMAGE_FORMAT: _bytes([b"jpeg"]),
-        IMAGE_HEIGHT: _ints([height]),
-        IMAGE_WIDTH: _ints([width]),
-        LABEL: _ints(list(labels)),
-        SOURCE_ID: _bytes([source_id.encode("utf-8")]),
-    }
-    if scores is not None:
-        feature[SCORE] = tf.train.Feature(
-            float_list=tf.train.FloatList(value=list(scores))
-        )
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    # Map fields serialize in an unspecified order unless asked otherwise;
-    # byte-identical output needs the deterministic form.
-    return example.SerializeToString(deterministic=True)
-
-
-def feature_spec(multi_label: bool, with_scores: bool) -> dict[str, Any]:
-    """The parsing spec of the records, for readers and tests.
-
-    Args:
-      multi_label: labels as a VarLen list (else one FixedLen int64).
-      with_scores: include `image/class/score` (VarLen float).
-
-    Returns:
-      A dict for `tf.io.parse_single_example`.
-    """
-    spec = {
-        IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
-        IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string),
-        IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-        IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64),
-        SOURCE_ID: tf.io.FixedLenFeature([], tf.string),
-        LABEL: (
-            tf.io.VarLenFeature(tf.int64)
-            if multi_label
-            else tf.io.FixedLenFeature([], tf.int64)
-        ),
-    }
-    if with_scores:
-        spec[SCORE] = tf.io.VarLenFeature(tf.float32)
-    return spec

@@ -387,24 +387,3 @@ def read_item(item: dict[str, Any], max_bytes: int) -> bytes | dict[str, Any]:
         )
     # Other errors (unavailable, deadline, ...) propagate: the runner
     # retries the bundle rather than dropping images on a hiccup.
-
-
-def make_source(
-    config: config_lib.ExampleGenConfig, resolved: ResolvedInputs
-) -> Source:
-    """The source object for `config.source`."""
-    # Imported here: each mode's module imports this one.
-    from components.example_gen import (
-        image_folder,
-        imagenet21k,
-        jft,
-        tfds_source,
-    )
-
-    classes = {
-        config_lib.IMAGE_FOLDER: image_folder.ImageFolderSource,
-        config_lib.IMAGENET21K: imagenet21k.ImageNet21kSource,
-        config_lib.JFT: jft.JftSource,
-        config_lib.TFDS: tfds_source.TfdsSource,
-    }
-    return classes[config.source](config, resolved)

@@ -31,11 +31,12 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from components import base, model_io
-from components.evaluator import blessing as blessing_lib
-from components.evaluator import examples_io
+from artifacts import blessing as blessing_lib
+from artifacts import examples as examples_lib
+from artifacts import model as model_io
+from artifacts import model_store
+from components import base
 from components.exporter import infra_validation, serving_model
-from components.pusher import model_store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Exporter(base.Component):
         if (
             config.require_blessing
             and blessing is not None
-            and not blessing_lib.is_blessed(blessing)
+            and not blessing_lib.is_blessed(blessing, blessing_lib.MODEL)
         ):
             exported.properties["exported"] = 0
             infra_validation.write_infra_blessing(
@@ -176,20 +177,8 @@ def export(
     Returns:
       The SavedModel directory, `<output_uri>/Format-Serving`.
     """
-    tf.io.gfile.makedirs(output_uri)
-    for name in (model_io.MODEL_SPEC_FILE, model_io.LABELS_FILE):
-        tf.io.gfile.copy(
-            os.path.join(source_uri, name),
-            os.path.join(output_uri, name),
-            overwrite=True,
-        )
-    weights = os.path.join(output_uri, model_io.WEIGHTS_DIR)
-    if tf.io.gfile.exists(weights):
-        tf.io.gfile.rmtree(weights)
-    model_store.copy_tree(
-        os.path.join(source_uri, model_io.WEIGHTS_DIR), weights, last=""
-    )
-    export_dir = os.path.join(output_uri, model_io.SERVING_DIR)
+    model_io.copy_model(source_uri, output_uri)
+    export_dir = model_io.serving_dir(output_uri)
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
     module = serving_model.ServingModule(
@@ -202,17 +191,19 @@ def export(
     count = max(config.warmup_batch_sizes)
     images = []
     if examples is not None:
-        splits = examples_io.split_names(examples)
+        splits = examples_lib.split_names(examples)
         split = config.warmup_split if config.warmup_split in splits else ""
         split = split or (splits[0] if splits else config.warmup_split)
-        files = examples_io.split_files(examples, split)
-        images = examples_io.encoded_images(files, count)
+        files = examples_lib.split_files(examples, split)
+        images = examples_lib.encoded_images(
+            files, count, examples_lib.compression_of(examples)
+        )
     if not images:
         images = serving_model.synthetic_images(spec.image_size, count)
     logs = serving_model.warmup_logs(
         config.model_name, images, spec.image_size, config.warmup_batch_sizes
     )
-    serving_model.write_warmup(export_dir, logs)
+    model_store.write_warmup(export_dir, logs)
     logging.info(
         "Exported %s to %s with %d warmup requests.",
         source_uri,

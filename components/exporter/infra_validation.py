@@ -32,14 +32,15 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from components import base, model_io, preprocessing
+from artifacts import blessing as blessing_lib
+from artifacts import examples as examples_lib
+from artifacts import model as model_io
+from artifacts import model_store
+from components import base, preprocessing
 from components.exporter import serving_model
-from components.pusher import model_store
 from serving import client as client_lib
 
 DEFAULT_ATOL = 1e-4
-INFRA_BLESSED_FILE = "INFRA_BLESSED"
-INFRA_NOT_BLESSED_FILE = "INFRA_NOT_BLESSED"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,10 @@ def reference_outputs(
     if kind == "classify_log":
         images = [
             preprocessing.preprocess_for_eval(
-                e.features.feature["image/encoded"].bytes_list.value[0], size
+                e.features.feature[examples_lib.IMAGE_ENCODED].bytes_list.value[
+                    0
+                ],
+                size,
             )
             for e in log.classify_log.request.input.example_list.examples
         ]
@@ -190,7 +194,7 @@ def validate(
     Returns:
       The verdict; failures are reported in it, not raised.
     """
-    logs = serving_model.read_warmup(export_dir)
+    logs = model_store.read_warmup(export_dir)
     if not logs:
         return InfraResult(False, "The export has no warmup requests.")
     with tempfile.TemporaryDirectory(prefix="infra_validation_") as tmp:
@@ -331,19 +335,7 @@ def write_infra_blessing(
     artifact: base.Artifact, blessed: bool, reason: str
 ) -> None:
     """Writes INFRA_BLESSED or INFRA_NOT_BLESSED and the properties."""
-    stale = INFRA_NOT_BLESSED_FILE if blessed else INFRA_BLESSED_FILE
-    if tf.io.gfile.exists(os.path.join(artifact.uri, stale)):
-        tf.io.gfile.remove(os.path.join(artifact.uri, stale))
-    marker = INFRA_BLESSED_FILE if blessed else INFRA_NOT_BLESSED_FILE
-    with tf.io.gfile.GFile(os.path.join(artifact.uri, marker), "w") as f:
-        f.write("")  # GFile creates the file on the first write only.
-    artifact.properties.update({"blessed": int(blessed), "reason": reason})
+    blessing_lib.write(artifact, blessed, blessing_lib.INFRA, reason)
     (logging.info if blessed else logging.warning)(
         "Infra-validation: %s", reason
     )
-
-
-def is_infra_blessed(artifact: base.Artifact) -> bool:
-    """Whether an infra blessing passed (marker and property agree)."""
-    marker = tf.io.gfile.exists(os.path.join(artifact.uri, INFRA_BLESSED_FILE))
-    return marker and int(artifact.properties.get("blessed", 0)) == 1

@@ -32,14 +32,16 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     predict_pb2,
     prediction_log_pb2,
 )
 
-from components import model_io, preprocessing
+from artifacts import examples as examples_lib
+from artifacts import model as model_io
+from artifacts import model_store
+from components import preprocessing
 
 PREDICT_SIGNATURE = "serving_default"
 IMAGE_TENSOR_SIGNATURE = "image_tensor"
@@ -51,9 +53,6 @@ CLASSIFY_INPUT_KEY = "inputs"
 PREDICT_OUTPUTS = ("probabilities", "top_k_ids", "top_k_labels", "top_k_scores")
 CLASSIFY_OUTPUTS = ("classes", "scores")
 CLASSIFY_METHOD = "tensorflow/serving/classify"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-# TF Serving refuses warmup files with more records than this.
-MAX_WARMUP_RECORDS = 1000
 
 
 class _Untracked:
@@ -143,11 +142,10 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def classify(self, inputs):
-        parsed = tf.io.parse_example(
-            inputs,
-            {"image/encoded": tf.io.FixedLenFeature([], tf.string)},
+        parsed = tf.io.parse_example(inputs, examples_lib.IMAGE_SPEC)
+        out = self._outputs(
+            self._from_bytes(parsed[examples_lib.IMAGE_ENCODED])
         )
-        out = self._outputs(self._from_bytes(parsed["image/encoded"]))
         return {"classes": out["top_k_labels"], "scores": out["top_k_scores"]}
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
@@ -167,17 +165,13 @@ def save(module: ServingModule, export_dir: str) -> None:
     refuses Classify requests, so the method name is rewritten here.
     """
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
-    path = os.path.join(export_dir, "saved_model.pb")
-    proto = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        proto.ParseFromString(f.read())
+    proto = model_store.read_saved_model(export_dir)
     for meta_graph in proto.meta_graphs:
         if CLASSIFY_SIGNATURE in meta_graph.signature_def:
             meta_graph.signature_def[
                 CLASSIFY_SIGNATURE
             ].method_name = CLASSIFY_METHOD
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(proto.SerializeToString())
+    model_store.write_saved_model(export_dir, proto)
     _refresh_fingerprint(export_dir)
 
 
@@ -236,18 +230,7 @@ def uint8_batch(encoded: Sequence[bytes], image_size: int) -> np.ndarray:
 
 def example_bytes(encoded: Sequence[bytes]) -> list[bytes]:
     """Serialized tf.Examples holding `image/encoded`, for Classify."""
-    return [
-        tf.train.Example(
-            features=tf.train.Features(
-                feature={
-                    "image/encoded": tf.train.Feature(
-                        bytes_list=tf.train.BytesList(value=[b])
-                    )
-                }
-            )
-        ).SerializeToString()
-        for b in encoded
-    ]
+    return examples_lib.image_examples(encoded)
 
 
 def warmup_logs(
@@ -296,33 +279,7 @@ def warmup_logs(
                 classify_log=prediction_log_pb2.ClassifyLog(request=classify)
             )
         )
-    if len(logs) > MAX_WARMUP_RECORDS:
-        raise ValueError(
-            f"{len(logs)} warmup records; TF Serving takes at most "
-            f"{MAX_WARMUP_RECORDS}."
-        )
     return logs
-
-
-def write_warmup(export_dir: str, logs: Sequence) -> str:
-    """Writes `assets.extra/tf_serving_warmup_requests` (TFRecord)."""
-    path = os.path.join(export_dir, WARMUP_FILE)
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.TFRecordWriter(path) as writer:
-        for log in logs:
-            writer.write(log.SerializeToString())
-    return path
-
-
-def read_warmup(export_dir: str) -> list[prediction_log_pb2.PredictionLog]:
-    """Reads the warmup records of a SavedModel (empty when none)."""
-    path = os.path.join(export_dir, WARMUP_FILE)
-    if not tf.io.gfile.exists(path):
-        return []
-    return [
-        prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        for record in tf.data.TFRecordDataset(path)
-    ]
 
 
 def _predict_log(request) -> prediction_log_pb2.PredictionLog:

@@ -4,12 +4,12 @@ Inputs: `model` (the Exporter's Model, with `Format-Serving/`), `blessing`
 (the Evaluator's ModelBlessing) and optional `infra_blessing` (the
 Exporter's). Output: `pushed_model` (PushedModel) with the properties TFX's
 Pusher records: `pushed` (1/0), `pushed_version` and `pushed_destination`
-(the version directory), plus `reason`.
+(the version directory), plus `model_name` and `reason`.
 
 Only a model blessed by the Evaluator, and by infra-validation when that
 blessing is given, is pushed, to `<serving_base>/<model_name>/<version>/`
-(see `model_store` for why a server never sees it half-written). The
-version is the newest existing + 1, or the Unix time (TFX's
+(see `artifacts.model_store` for why a server never sees it half-written).
+The version is the newest existing + 1, or the Unix time (TFX's
 UNIX_TIMESTAMP). Pushing the export that is already the newest version
 pushes nothing and reports that version (re-runs are idempotent). The last
 `keep_versions` versions are kept; older ones are deleted after the push.
@@ -27,10 +27,10 @@ from collections.abc import Mapping
 import tensorflow as tf
 from absl import logging
 
-from components import base, model_io
-from components.evaluator import blessing as blessing_lib
-from components.exporter import infra_validation
-from components.pusher import model_store
+from artifacts import blessing as blessing_lib
+from artifacts import model as model_io
+from artifacts import model_store
+from components import base
 
 VERSIONING = ("increment", "timestamp")
 
@@ -89,7 +89,7 @@ class Pusher(base.Component):
         model_dir = os.path.join(config.serving_base, config.model_name)
         refusal = _refusal(inputs)
         if refusal:
-            _record(pushed, False, None, "", refusal)
+            _record(pushed, config.model_name, None, "", refusal)
             return
         saved_model = os.path.join(inputs["model"].uri, model_io.SERVING_DIR)
         if not tf.io.gfile.exists(
@@ -106,7 +106,7 @@ class Pusher(base.Component):
             version = versions[-1]
             _record(
                 pushed,
-                True,
+                config.model_name,
                 version,
                 os.path.join(model_dir, str(version)),
                 "Already the newest version; nothing copied.",
@@ -119,7 +119,7 @@ class Pusher(base.Component):
         removed = model_store.prune(model_dir, config.keep_versions, version)
         _record(
             pushed,
-            True,
+            config.model_name,
             version,
             destination,
             f"Pushed version {version}; removed {removed or 'none'}.",
@@ -129,32 +129,34 @@ class Pusher(base.Component):
 def _refusal(inputs: Mapping[str, base.Artifact]) -> str:
     """Why the model may not be pushed ("" when it may)."""
     blessing = inputs["blessing"]
-    if not blessing_lib.is_blessed(blessing):
+    if not blessing_lib.is_blessed(blessing, blessing_lib.MODEL):
         return f"Not pushed: {blessing.uri} is not BLESSED."
     if int(inputs["model"].properties.get("exported", 1)) != 1:
         return f"Not pushed: {inputs['model'].uri} was not exported."
     infra = inputs.get("infra_blessing")
-    if infra is not None and not infra_validation.is_infra_blessed(infra):
+    if infra is not None and not blessing_lib.is_blessed(
+        infra, blessing_lib.INFRA
+    ):
         return (
-            f"Not pushed: {infra.uri} is not INFRA_BLESSED "
-            f"({infra.properties.get('reason', 'no reason recorded')})."
+            f"Not pushed: {infra.uri} is not {blessing_lib.INFRA_BLESSED_FILE}"
+            f" ({blessing_lib.reason(infra) or 'no reason recorded'})."
         )
     return ""
 
 
 def _record(
     artifact: base.Artifact,
-    pushed: bool,
+    model_name: str,
     version: int | None,
     destination: str,
     reason: str,
 ) -> None:
-    artifact.properties.update(
-        {
-            "pushed": int(pushed),
-            "pushed_version": "" if version is None else str(version),
-            "pushed_destination": destination,
-            "reason": reason,
-        }
-    )
+    """Records the push (a version: pushed; None: refused)."""
+    model_store.PushedModel(
+        pushed=version is not None,
+        model_name=model_name,
+        version=version,
+        destination=destination,
+        reason=reason,
+    ).record(artifact)
     logging.info("Pusher: %s", reason)

@@ -24,7 +24,8 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from components import base, model_io
+from artifacts import model as model_io
+from components import base
 from components.trainer import config as config_lib
 
 

@@ -15,114 +15,24 @@ batch so that every example is counted exactly once at static shapes.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 
-from components import base, model_io, preprocessing
+from artifacts import examples as examples_lib
+from components import preprocessing
 from components.trainer import augment as augment_lib
 from components.trainer import config as config_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_KEY = "image/encoded"
-LABEL_KEY = "image/class/label"
-SCORE_KEY = "image/class/score"
-FEATURES = {
-    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-    LABEL_KEY: tf.io.VarLenFeature(tf.int64),
-    SCORE_KEY: tf.io.VarLenFeature(tf.float32),
-}
 # Read-ahead per TFRecord file: large sequential reads suit GCS.
 READ_BUFFER_BYTES = 8 << 20
 
-
-@dataclasses.dataclass(frozen=True)
-class ExamplesInfo:
-    """What the trainer needs to know about an Examples artifact.
-
-    Attributes:
-      uri: the artifact's root.
-      num_classes: the label space's size.
-      multi_label: records may hold several labels.
-      labels: class names in index order.
-      num_examples: examples per split name (may be empty when unknown).
-      compression: the artifact's `compression` property: "GZIP", "" for
-        none, None when unset (each file's suffix decides).
-    """
-
-    uri: str
-    num_classes: int
-    multi_label: bool
-    labels: tuple[str, ...]
-    num_examples: dict[str, int]
-    compression: str | None = None
-
-    def split_files(self, split: str) -> list[str]:
-        """The TFRecord shards of a split, sorted.
-
-        Raises:
-          base.ArtifactError: the split has no files.
-        """
-        pattern = os.path.join(self.uri, f"Split-{split}", "*")
-        files = sorted(
-            f
-            for f in tf.io.gfile.glob(pattern)
-            if not os.path.basename(f).startswith(("_", "."))
-        )
-        if not files:
-            raise base.ArtifactError(
-                f"No TFRecord files match {pattern}: the Examples artifact "
-                f"has no split {split!r}."
-            )
-        return files
-
-
-def read_examples_info(artifact: base.Artifact) -> ExamplesInfo:
-    """Reads the label map and split sizes of an Examples artifact.
-
-    Args:
-      artifact: an Examples artifact.
-
-    Returns:
-      Its `ExamplesInfo`.
-
-    Raises:
-      base.ArtifactError: labels.txt is missing or disagrees with the
-        `num_classes` property.
-    """
-    props = artifact.properties
-    labels = model_io.read_labels(
-        os.path.join(artifact.uri, model_io.LABELS_FILE)
-    )
-    num_classes = int(props.get("num_classes") or len(labels))
-    if len(labels) != num_classes:
-        raise base.ArtifactError(
-            f"{artifact.uri}: labels.txt has {len(labels)} names but the "
-            f"artifact says num_classes={num_classes}."
-        )
-    compression = props.get("compression")
-    if compression is not None:
-        compression = "GZIP" if str(compression).upper() == "GZIP" else ""
-    return ExamplesInfo(
-        uri=artifact.uri,
-        num_classes=num_classes,
-        multi_label=bool(props.get("multi_label", False)),
-        labels=tuple(labels),
-        num_examples={
-            k: int(v) for k, v in (props.get("num_examples") or {}).items()
-        },
-        compression=compression,
-    )
-
-
-def _compression(path: str, configured: str | None) -> str:
-    """The compression of one shard: as configured, else by its suffix."""
-    if configured is not None:
-        return "GZIP" if configured.upper() == "GZIP" else ""
-    return "GZIP" if path.endswith(".gz") else ""
+# The Examples artifact's reader-side names, owned by artifacts.examples.
+ExamplesInfo = examples_lib.ExamplesInfo
+read_examples_info = examples_lib.read_info
+parse_example = examples_lib.parse
 
 
 def _configured_compression(
@@ -131,21 +41,6 @@ def _configured_compression(
     if config.data.compression is not None:
         return config.data.compression
     return info.compression
-
-
-def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Parses one tf.Example into image bytes, labels and scores.
-
-    Returns:
-      {"image": string scalar, "labels": int64 [n], "scores": float32 [m]},
-      m being n or 0.
-    """
-    parsed = tf.io.parse_single_example(serialized, FEATURES)
-    return {
-        "image": parsed[IMAGE_KEY],
-        "labels": tf.sparse.to_dense(parsed[LABEL_KEY]),
-        "scores": tf.sparse.to_dense(parsed[SCORE_KEY]),
-    }
 
 
 def _records(
@@ -159,7 +54,9 @@ def _records(
     repeat: bool,
 ) -> tf.data.Dataset:
     """Serialized records of this input pipeline's share of `files`."""
-    compressions = [_compression(f, configured_compression) for f in files]
+    compressions = [
+        examples_lib.compression_type(f, configured_compression) for f in files
+    ]
     ds = tf.data.Dataset.from_tensor_slices((files, compressions))
     shard_files = len(files) >= ctx.num_input_pipelines
     local_files = len(files)

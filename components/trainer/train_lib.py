@@ -28,7 +28,8 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from components import base, model_io
+from artifacts import model as model_io
+from components import base
 from components.trainer import config as config_lib
 from components.trainer import finetune, input_pipeline, losses, optimization
 from components.trainer import strategy as strategy_lib

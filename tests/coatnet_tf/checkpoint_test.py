@@ -158,7 +158,7 @@ class RestoreTest(tf.test.TestCase):
         self.assert_non_table_weights_equal(source, target)
 
     def test_model_io_can_read_its_own_checkpoints(self):
-        # components.model_io reads weights with assert_consumed().
+        # artifacts.model reads weights with assert_consumed().
         source = build()
         path = self.save(source)
         target = build()

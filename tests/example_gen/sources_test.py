@@ -11,7 +11,14 @@ from unittest import mock
 
 from absl.testing import absltest
 
-from components.example_gen import component, images, jft, records, sources
+from components.example_gen import (
+    component,
+    images,
+    jft,
+    records,
+    registry,
+    sources,
+)
 from components.example_gen import config as config_lib
 from tests.example_gen import fixtures
 
@@ -19,7 +26,7 @@ from tests.example_gen import fixtures
 def _source(**kwargs):
     config = config_lib.ExampleGenConfig(**kwargs)
     config.validate()
-    return sources.make_source(config, component.resolve_inputs(config))
+    return registry.make_source(config, component.resolve_inputs(config))
 
 
 def _read_all(source, plan):

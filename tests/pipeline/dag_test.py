@@ -165,7 +165,7 @@ class DagTest(tf.test.TestCase):
 
         result = self._run(_nodes(repeat=4, base_model=latest_model))
         inputs = result.executions["Train"].inputs
-        self.assertEqual(inputs["base_model"]["uri"], model.uri)
+        self.assertEqual(inputs["base_model"].uri, model.uri)
         warm = result.outputs["Train"]["model"]
 
         # Re-running with nothing new: the resolver input stays pinned to
@@ -174,12 +174,12 @@ class DagTest(tf.test.TestCase):
         again = self._run(_nodes(repeat=4, base_model=latest_model))
         self.assertEqual(again.cached(), ["Gen", "Train"])
         self.assertEqual(
-            again.executions["Train"].inputs["base_model"]["uri"], model.uri
+            again.executions["Train"].inputs["base_model"].uri, model.uri
         )
         # New upstream data: the resolver runs afresh and finds `warm`.
         fresh = self._run(_nodes("xyz", repeat=4, base_model=latest_model))
         self.assertEqual(
-            fresh.executions["Train"].inputs["base_model"]["uri"], warm.uri
+            fresh.executions["Train"].inputs["base_model"].uri, warm.uri
         )
 
     def test_order_is_checked(self):

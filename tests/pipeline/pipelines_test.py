@@ -108,7 +108,7 @@ class PipelinesTest(tf.test.TestCase):
         examples = retrain.result.outputs["ExampleGen.retrain"]["examples"]
         self.assertEqual(examples.properties["span"], 2)
         execution = retrain.result.executions["Trainer.retrain"]
-        self.assertEqual(execution.inputs["base_model"]["uri"], finetuned.uri)
+        self.assertEqual(execution.inputs["base_model"].uri, finetuned.uri)
         self.assertIn(
             "baseline_model",
             retrain.result.executions["Evaluator.retrain"].inputs,

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from artifacts import blessing as blessing_artifact
 from components import base
 from components.evaluator import blessing
 
@@ -106,12 +107,13 @@ class MarkerTest(tf.test.TestCase):
     def test_marker_and_property_are_written_and_replaced(self):
         uri = self.create_tempdir().full_path
         artifact = base.Artifact(base.MODEL_BLESSING, uri)
-        blessing.write_blessing(artifact, True)
-        self.assertTrue(blessing.is_blessed(artifact))
-        blessing.write_blessing(artifact, False)
-        self.assertFalse(blessing.is_blessed(artifact))
+        blessing_artifact.write(artifact, True)
+        self.assertTrue(blessing_artifact.is_blessed(artifact))
+        blessing_artifact.write(artifact, False)
+        self.assertFalse(blessing_artifact.is_blessed(artifact))
         self.assertEqual(
-            sorted(tf.io.gfile.listdir(uri)), [blessing.NOT_BLESSED_FILE]
+            sorted(tf.io.gfile.listdir(uri)),
+            [blessing_artifact.NOT_BLESSED_FILE],
         )
         self.assertEqual(artifact.properties["blessed"], 0)
 

@@ -13,9 +13,9 @@ import tempfile
 
 import tensorflow as tf
 
-from components import base, model_io
-from components.evaluator import blessing as blessing_lib
-from components.exporter import infra_validation
+from artifacts import blessing as blessing_lib
+from artifacts import model as model_io
+from components import base
 from tests import child_env
 from tests.serving import testutil
 
@@ -121,7 +121,7 @@ class ComponentCliTest(tf.test.TestCase):
             f"{root}/Exporter/infra_blessing", base.MODEL_BLESSING
         )
         # Skipped validation blesses nothing on its own behalf.
-        self.assertFalse(infra_validation.is_infra_blessed(infra))
+        self.assertFalse(blessing_lib.is_blessed(infra, blessing_lib.INFRA))
 
         # With the infra blessing as an input, the Pusher refuses.
         refused = self._push(

@@ -13,6 +13,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from artifacts import blessing as blessing_artifact
+from artifacts import evaluation
 from components import base
 from components.evaluator import blessing
 from components.evaluator import component as evaluator
@@ -92,7 +94,7 @@ class EvaluatorTest(tf.test.TestCase):
             config,
         )
         uri = outputs["evaluation"].uri
-        report = base.read_json(os.path.join(uri, evaluator.METRICS_FILE))
+        report = base.read_json(os.path.join(uri, evaluation.METRICS_FILE))
         m = report["metrics"]
         # Every prediction is class 0 with confidence 0.5.
         self.assertAllClose(m["top1"], 0.4)  # Four labels are 0.
@@ -125,16 +127,16 @@ class EvaluatorTest(tf.test.TestCase):
             [c["passed"] for c in report["validation"]["checks"]],
             [True, True, True],
         )
-        self.assertTrue(blessing.is_blessed(outputs["blessing"]))
+        self.assertTrue(blessing_artifact.is_blessed(outputs["blessing"]))
         self.assertTrue(
             tf.io.gfile.exists(f"{outputs['blessing'].uri}/BLESSED")
         )
         self.assertEqual(outputs["evaluation"].properties["top1"], m["top1"])
         for name in (
-            evaluator.CONFUSION_PNG,
-            evaluator.RELIABILITY_PNG,
-            "real-" + evaluator.RELIABILITY_PNG,
-            "v2-" + evaluator.CONFUSION_PNG,
+            evaluation.CONFUSION_PNG,
+            evaluation.RELIABILITY_PNG,
+            "real-" + evaluation.RELIABILITY_PNG,
+            "v2-" + evaluation.CONFUSION_PNG,
         ):
             with tf.io.gfile.GFile(os.path.join(uri, name), "rb") as f:
                 self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n", name)
@@ -155,12 +157,12 @@ class EvaluatorTest(tf.test.TestCase):
             },
             config,
         )
-        self.assertFalse(blessing.is_blessed(worse["blessing"]))
+        self.assertFalse(blessing_artifact.is_blessed(worse["blessing"]))
         self.assertTrue(
             tf.io.gfile.exists(f"{worse['blessing'].uri}/NOT_BLESSED")
         )
         report = base.read_json(
-            f"{worse['evaluation'].uri}/{evaluator.METRICS_FILE}"
+            f"{worse['evaluation'].uri}/{evaluation.METRICS_FILE}"
         )
         checks = report["validation"]["checks"]
         self.assertEqual([c["kind"] for c in checks], ["value", "change"])
@@ -171,9 +173,9 @@ class EvaluatorTest(tf.test.TestCase):
             {"examples": self.examples, "model": self.bad},
             config,
         )
-        self.assertTrue(blessing.is_blessed(alone["blessing"]))
+        self.assertTrue(blessing_artifact.is_blessed(alone["blessing"]))
         report = base.read_json(
-            f"{alone['evaluation'].uri}/{evaluator.METRICS_FILE}"
+            f"{alone['evaluation'].uri}/{evaluation.METRICS_FILE}"
         )
         self.assertFalse(report["validation"]["has_baseline"])
         self.assertIsNone(report["validation"]["checks"][1]["passed"])
@@ -199,7 +201,7 @@ class EvaluatorTest(tf.test.TestCase):
             ),
         )
         report = base.read_json(
-            f"{outputs['evaluation'].uri}/{evaluator.METRICS_FILE}"
+            f"{outputs['evaluation'].uri}/{evaluation.METRICS_FILE}"
         )
         m = report["metrics"]
         prevalence = np.array([3, 3, 2, 1]) / 6
@@ -215,10 +217,10 @@ class EvaluatorTest(tf.test.TestCase):
         # One distinct confidence per class, each in its own bin.
         self.assertAllClose(m["ece"], np.abs(prevalence - q).mean(), atol=1e-6)
         self.assertTrue(report["multi_label"])
-        self.assertFalse(blessing.is_blessed(outputs["blessing"]))
+        self.assertFalse(blessing_artifact.is_blessed(outputs["blessing"]))
         self.assertFalse(
             tf.io.gfile.exists(
-                f"{outputs['evaluation'].uri}/{evaluator.CONFUSION_PNG}"
+                f"{outputs['evaluation'].uri}/{evaluation.CONFUSION_PNG}"
             )
         )
 

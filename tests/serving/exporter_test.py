@@ -9,8 +9,10 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from components import base, model_io, preprocessing
-from components.evaluator import blessing
+from artifacts import blessing as blessing_artifact
+from artifacts import model as model_io
+from artifacts import model_store
+from components import base, preprocessing
 from components.exporter import component as exporter
 from components.exporter import infra_validation, serving_model
 from tests.serving import testutil
@@ -32,7 +34,7 @@ def _saved_model_cli() -> list[str]:
 def _blessing(uri: str, blessed: bool) -> base.Artifact:
     artifact = base.Artifact(base.MODEL_BLESSING, uri)
     tf.io.gfile.makedirs(uri)
-    blessing.write_blessing(artifact, blessed)
+    blessing_artifact.write(artifact, blessed)
     artifact.write()
     return artifact
 
@@ -77,7 +79,9 @@ class ExporterTest(tf.test.TestCase):
 
     def test_infra_validation_blessed_in_a_fresh_process(self):
         infra = self.outputs["infra_blessing"]
-        self.assertTrue(infra_validation.is_infra_blessed(infra))
+        self.assertTrue(
+            blessing_artifact.is_blessed(infra, blessing_artifact.INFRA)
+        )
         self.assertTrue(
             tf.io.gfile.exists(os.path.join(infra.uri, "INFRA_BLESSED"))
         )
@@ -166,8 +170,8 @@ class ExporterTest(tf.test.TestCase):
         self.assertEqual(model_io.read_labels(path), LABELS)
 
     def test_warmup_file_covers_every_signature_at_two_batch_sizes(self):
-        logs = serving_model.read_warmup(self.export_dir)
-        self.assertLessEqual(len(logs), serving_model.MAX_WARMUP_RECORDS)
+        logs = model_store.read_warmup(self.export_dir)
+        self.assertLessEqual(len(logs), model_store.MAX_WARMUP_RECORDS)
         seen = set()
         for log in logs:
             if log.WhichOneof("log_type") == "classify_log":
@@ -205,7 +209,9 @@ class ExporterTest(tf.test.TestCase):
         )
         self.assertEqual(outputs["model"].properties["exported"], 0)
         self.assertFalse(
-            infra_validation.is_infra_blessed(outputs["infra_blessing"])
+            blessing_artifact.is_blessed(
+                outputs["infra_blessing"], blessing_artifact.INFRA
+            )
         )
         self.assertFalse(
             tf.io.gfile.exists(f"{root}/model/{model_io.SERVING_DIR}")

@@ -11,12 +11,11 @@ from unittest import mock
 
 import tensorflow as tf
 
-from components import base, model_io
-from components.evaluator import blessing
-from components.exporter import infra_validation
+from artifacts import blessing as blessing_lib
+from artifacts import model as model_io
+from artifacts import model_store
+from components import base
 from components.pusher import component as pusher
-from components.pusher import model_store
-from serving import servables
 
 
 class _Tiny(tf.Module):
@@ -54,9 +53,9 @@ class PusherTest(tf.test.TestCase):
         tf.io.gfile.makedirs(uri)
         artifact = base.Artifact(base.MODEL_BLESSING, uri)
         if infra:
-            infra_validation.write_infra_blessing(artifact, blessed, "test")
+            blessing_lib.write(artifact, blessed, blessing_lib.INFRA, "test")
         else:
-            blessing.write_blessing(artifact, blessed)
+            blessing_lib.write(artifact, blessed)
         artifact.write()
         return artifact
 
@@ -132,7 +131,7 @@ class PusherTest(tf.test.TestCase):
 
         def watched_copy(src, dst, overwrite=False):
             # What a polling server would load at this instant.
-            self.assertEqual(servables.integer_versions(self.model_dir), [])
+            self.assertEqual(model_store.ready_versions(self.model_dir), [])
             self.assertEqual(model_store.list_versions(self.model_dir), [])
             order.append(os.path.basename(src))
             copy(src, dst, overwrite=overwrite)
@@ -141,7 +140,7 @@ class PusherTest(tf.test.TestCase):
             model_store.write_version(self.model_dir, source, 7)
         self.assertEqual(order[-1], "saved_model.pb")
         self.assertIn("variables.index", order)
-        self.assertEqual(servables.integer_versions(self.model_dir), [7])
+        self.assertEqual(model_store.ready_versions(self.model_dir), [7])
         self.assertEqual(os.listdir(self.model_dir), ["7"])
 
     def test_a_failed_copy_leaves_no_version_and_no_temp(self):
@@ -173,13 +172,13 @@ class PusherTest(tf.test.TestCase):
 
         def watched_copy(src, dst, overwrite=False):
             if os.path.basename(src) == "saved_model.pb":
-                seen_before_pb.extend(servables.integer_versions(target))
+                seen_before_pb.extend(model_store.ready_versions(target))
             copy(src, dst, overwrite=overwrite)
 
         with mock.patch.object(tf.io.gfile, "copy", watched_copy):
             final = model_store.write_version(target, source, 3)
         self.assertEqual(seen_before_pb, [])
-        self.assertEqual(servables.integer_versions(target), [3])
+        self.assertEqual(model_store.ready_versions(target), [3])
         self.assertTrue(
             tf.io.gfile.exists(f"{final}/variables/variables.index")
         )

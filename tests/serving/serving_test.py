@@ -19,9 +19,10 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-from components import model_io, preprocessing
+from artifacts import model as model_io
+from artifacts import model_store
+from components import preprocessing
 from components.exporter import component as exporter
-from components.pusher import model_store
 from serving import client as client_lib
 from serving import local_server, servables
 from tests import child_env

@@ -1,6 +1,6 @@
 """Tiny Model and Examples artifacts for the serving-side tests.
 
-Models are `coatnet-tiny` at 32 px built through `components.model_io`, the
+Models are `coatnet-tiny` at 32 px built through `artifacts.model`, the
 way the Trainer writes them. The classifier can be set by hand: with a zero
 kernel every image gets the same logits (the bias), which makes metrics
 computable by hand; with a random kernel predictions depend on the image.
@@ -16,7 +16,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from components import base, model_io
+from artifacts import examples as examples_lib
+from artifacts import model as model_io
+from components import base
 
 VARIANT = "coatnet-tiny"
 IMAGE_SIZE = 32
@@ -99,22 +101,9 @@ def class_image(label: int, index: int, size: int = 48) -> bytes:
     ).numpy()
 
 
-def example(image: bytes, labels: Sequence[int]) -> bytes:
+def example(image: bytes, labels: Sequence[int], source_id: str = "") -> bytes:
     """A serialized tf.Example in ExampleGen's format."""
-    feature = {
-        "image/encoded": tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[image])
-        ),
-        "image/format": tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[b"jpeg"])
-        ),
-        "image/class/label": tf.train.Feature(
-            int64_list=tf.train.Int64List(value=list(labels))
-        ),
-    }
-    return tf.train.Example(
-        features=tf.train.Features(feature=feature)
-    ).SerializeToString()
+    return examples_lib.jpeg_example(image, labels, source_id)
 
 
 def write_examples_artifact(
@@ -136,25 +125,18 @@ def write_examples_artifact(
     """
     multi = any(len(ids) != 1 for rows in splits.values() for ids in rows)
     for name, rows in splits.items():
-        directory = os.path.join(uri, f"Split-{name}")
-        tf.io.gfile.makedirs(directory)
-        writers = [
-            tf.io.TFRecordWriter(
-                os.path.join(
-                    directory,
-                    f"data_tfrecord-{i:05d}-of-{shards:05d}.gz",
-                ),
-                options="GZIP",
-            )
-            for i in range(shards)
-        ]
-        for i, ids in enumerate(rows):
-            first = ids[0] if len(ids) else 0
-            writers[i % shards].write(example(class_image(first, i), ids))
-        for w in writers:
-            w.close()
+        examples_lib.write_split(
+            uri,
+            name,
+            (
+                example(class_image(ids[0] if len(ids) else 0, i), ids)
+                for i, ids in enumerate(rows)
+            ),
+            shards,
+            examples_lib.GZIP,
+        )
     if labels is not None:
-        model_io.write_labels(os.path.join(uri, "labels.txt"), labels)
+        examples_lib.write_labels(uri, labels)
     artifact = base.Artifact(
         base.EXAMPLES,
         uri,
@@ -162,6 +144,7 @@ def write_examples_artifact(
             "split_names": list(splits),
             "multi_label": int(multi),
             "num_classes": len(labels) if labels else 0,
+            "compression": examples_lib.GZIP,
         },
     )
     artifact.write()

@@ -11,7 +11,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from components import base, model_io
+from artifacts import model as model_io
+from components import base
 from tests.trainer import processes, testdata
 
 # Plain inputs (no random crop, flip, RandAugment or Mixup), read in file

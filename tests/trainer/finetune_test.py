@@ -14,7 +14,8 @@ import tensorflow as tf
 
 import coatnet_tf
 import configs
-from components import base, model_io
+from artifacts import model as model_io
+from components import base
 from components.trainer import component as component_lib
 from components.trainer import finetune, input_pipeline, train_lib
 from tests.trainer import testdata

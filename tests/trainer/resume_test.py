@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from components import model_io
+from artifacts import model as model_io
 from tests.trainer import processes, testdata
 
 STEPS = 20

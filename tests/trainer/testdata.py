@@ -16,7 +16,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from components import base, model_io
+from artifacts import core
+from artifacts import examples as examples_lib
+from components import base
 
 PALETTE = {
     "red": (220, 30, 30),
@@ -28,14 +30,6 @@ PALETTE = {
 }
 # The default colour classes; the other two make a new label space.
 COLORS = ("red", "green", "blue", "yellow")
-
-
-def _feature(values, kind):
-    if kind == "bytes":
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-    if kind == "int":
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
 def _image(rng, label_names, size) -> np.ndarray:
@@ -81,26 +75,10 @@ def write_examples(
     classes = tuple(classes or COLORS)
     splits = splits or {"train": 64, "validation": 16}
     rng = np.random.default_rng(seed)
-    suffix = ".gz" if compression == "GZIP" else ""
     if block_repeat and num_shards != 1:
         raise ValueError("block_repeat needs num_shards=1 to keep the order.")
     written = {}
-    options = tf.io.TFRecordOptions(
-        compression_type="GZIP" if compression == "GZIP" else ""
-    )
     for split, count in splits.items():
-        folder = os.path.join(root, f"Split-{split}")
-        tf.io.gfile.makedirs(folder)
-        writers = [
-            tf.io.TFRecordWriter(
-                os.path.join(
-                    folder,
-                    f"data-{i:05d}-of-{num_shards:05d}.tfrecord{suffix}",
-                ),
-                options,
-            )
-            for i in range(num_shards)
-        ]
         records = []
         for n in range(count):
             if multi_label:
@@ -111,39 +89,27 @@ def write_examples(
                 labels = [n % len(classes)]
             size = (int(rng.integers(36, 60)), int(rng.integers(36, 60)))
             pixels = _image(rng, [classes[i] for i in labels], size)
-            feature = {
-                "image/encoded": _feature(
-                    [tf.io.encode_jpeg(pixels, quality=90).numpy()], "bytes"
-                ),
-                "image/format": _feature([b"jpeg"], "bytes"),
-                "image/height": _feature([size[0]], "int"),
-                "image/width": _feature([size[1]], "int"),
-                "image/class/label": _feature(labels, "int"),
-                "image/source_id": _feature(
-                    [f"{split}/{n:06d}".encode()], "bytes"
-                ),
-            }
-            if with_scores:
-                feature["image/class/score"] = _feature(
-                    [1.0, 0.5][: len(labels)], "float"
+            records.append(
+                examples_lib.make_example(
+                    tf.io.encode_jpeg(pixels, quality=90).numpy(),
+                    size[0],
+                    size[1],
+                    labels,
+                    [1.0, 0.5][: len(labels)] if with_scores else None,
+                    f"{split}/{n:06d}",
                 )
-            example = tf.train.Example(
-                features=tf.train.Features(feature=feature)
             )
-            records.append(example.SerializeToString())
         if block_repeat > 0:
             blocks = [
                 records[i : i + block_repeat]
                 for i in range(0, len(records), block_repeat)
             ]
             records = [r for block in blocks for r in block + block]
-        for n, record in enumerate(records):
-            writers[n % num_shards].write(record)
-        for writer in writers:
-            writer.close()
-        written[split] = len(records)
-    model_io.write_labels(os.path.join(root, model_io.LABELS_FILE), classes)
-    base.write_json(
+        written[split] = examples_lib.write_split(
+            root, split, records, num_shards, compression
+        )["num_examples"]
+    examples_lib.write_labels(root, classes)
+    core.write_json(
         os.path.join(root, "metadata.json"),
         {"label_map": list(classes), "counts": written},
     )

@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 import configs
-from components import base, model_io
+from artifacts import model as model_io
+from components import base
 from components.trainer import component as component_lib
 from tests.trainer import testdata
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from components import base
+from artifacts import core, model_store
 
 MODEL_SPEC_FILE = "model_spec.json"
 LABELS_FILE = "labels.txt"
@@ -98,7 +98,7 @@ def write_model(
         raise ValueError(
             f"{len(labels)} labels for a {spec.num_classes}-class model."
         )
-    base.write_json(os.path.join(uri, MODEL_SPEC_FILE), _spec_json(spec))
+    core.write_json(os.path.join(uri, MODEL_SPEC_FILE), _spec_json(spec))
     write_labels(os.path.join(uri, LABELS_FILE), labels)
     weights_dir = os.path.join(uri, WEIGHTS_DIR)
     if tf.io.gfile.exists(weights_dir):
@@ -112,10 +112,10 @@ def read_spec(uri: str) -> ModelSpec:
     """Reads `model_spec.json` from a Model artifact's root."""
     path = os.path.join(uri, MODEL_SPEC_FILE)
     if not tf.io.gfile.exists(path):
-        raise base.ArtifactError(
+        raise core.ArtifactError(
             f"{uri} has no {MODEL_SPEC_FILE}: not a trained Model artifact."
         )
-    return base.config_from_json(ModelSpec, base.read_json(path))
+    return core.config_from_json(ModelSpec, core.read_json(path))
 
 
 def load_model(uri: str) -> tuple[tf.keras.Model, ModelSpec, list[str]]:
@@ -133,14 +133,47 @@ def load_model(uri: str) -> tuple[tf.keras.Model, ModelSpec, list[str]]:
     spec = read_spec(uri)
     labels = read_labels(os.path.join(uri, LABELS_FILE))
     model = build_model(spec)
-    weights = os.path.join(uri, WEIGHTS_DIR, WEIGHTS_PREFIX)
+    weights = weights_path(uri)
     if not tf.io.gfile.exists(weights + ".index"):
-        raise base.ArtifactError(
+        raise core.ArtifactError(
             f"{uri} has no {WEIGHTS_DIR}/{WEIGHTS_PREFIX}: the trainer did "
             "not finish writing this model."
         )
     tf.train.Checkpoint(model=model).read(weights).assert_consumed()
     return model, spec, labels
+
+
+def copy_model(source_uri: str, target_uri: str) -> None:
+    """Copies a Model artifact's spec, labels and serving weights.
+
+    Args:
+      source_uri: the Model artifact to copy from.
+      target_uri: the Model artifact to copy to; its old weights, if any,
+        are replaced.
+    """
+    tf.io.gfile.makedirs(target_uri)
+    for name in (MODEL_SPEC_FILE, LABELS_FILE):
+        tf.io.gfile.copy(
+            os.path.join(source_uri, name),
+            os.path.join(target_uri, name),
+            overwrite=True,
+        )
+    weights = os.path.join(target_uri, WEIGHTS_DIR)
+    if tf.io.gfile.exists(weights):
+        tf.io.gfile.rmtree(weights)
+    model_store.copy_tree(
+        os.path.join(source_uri, WEIGHTS_DIR), weights, last=""
+    )
+
+
+def weights_path(uri: str) -> str:
+    """The checkpoint prefix of a Model artifact's serving weights."""
+    return os.path.join(uri, WEIGHTS_DIR, WEIGHTS_PREFIX)
+
+
+def serving_dir(uri: str) -> str:
+    """The SavedModel directory of an exported Model artifact."""
+    return os.path.join(uri, SERVING_DIR)
 
 
 def write_labels(path: str, labels: Sequence[str]) -> None:
@@ -155,10 +188,10 @@ def write_labels(path: str, labels: Sequence[str]) -> None:
 def read_labels(path: str) -> list[str]:
     """Reads a labels file written by `write_labels`."""
     if not tf.io.gfile.exists(path):
-        raise base.ArtifactError(f"Label file {path} is missing.")
+        raise core.ArtifactError(f"Label file {path} is missing.")
     with tf.io.gfile.GFile(path, "r") as f:
         return [line.rstrip("\n") for line in f]
 
 
 def _spec_json(spec: ModelSpec) -> dict[str, Any]:
-    return base.config_to_json(spec)
+    return core.config_to_json(spec)

@@ -1,5 +1,9 @@
 """TF Serving's model store: `<base>/<model name>/<integer version>/`.
 
+Written by the Pusher (and by the Exporter's infra-validation, into a
+temporary store), read by `serving.servables`. The Pusher's PushedModel
+artifact records what it pushed where (`record_push`, `PushedModel`).
+
 TF Serving polls the model directory and loads any integer-named child.
 A version must therefore never be visible half-written:
 
@@ -14,13 +18,23 @@ A version must therefore never be visible half-written:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from artifacts import core
 
 SAVED_MODEL_PB = "saved_model.pb"
 TMP_PREFIX = ".tmp-"
+# TF Serving replays these PredictionLogs when it loads a version.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit.
 
 
 def list_versions(model_dir: str) -> list[int]:
@@ -36,6 +50,16 @@ def list_versions(model_dir: str) -> list[int]:
         for name in tf.io.gfile.listdir(model_dir)
         if name.rstrip("/").isdigit()
     )
+
+
+def ready_versions(model_dir: str) -> list[int]:
+    """Version directories whose `saved_model.pb` exists, ascending: the
+    versions a server may load (the others are still being written)."""
+    return [
+        v
+        for v in list_versions(model_dir)
+        if tf.io.gfile.exists(os.path.join(model_dir, str(v), SAVED_MODEL_PB))
+    ]
 
 
 def next_version(model_dir: str, use_timestamp: bool = False) -> int:
@@ -116,6 +140,60 @@ def write_version(model_dir: str, saved_model: str, version: int) -> str:
     return final
 
 
+def read_saved_model(export_dir: str) -> saved_model_pb2.SavedModel:
+    """The `saved_model.pb` proto of a SavedModel directory."""
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(export_dir, SAVED_MODEL_PB), "rb") as f:
+        proto.ParseFromString(f.read())
+    return proto
+
+
+def write_saved_model(
+    export_dir: str, proto: saved_model_pb2.SavedModel
+) -> None:
+    """Rewrites the `saved_model.pb` of a SavedModel directory."""
+    with tf.io.gfile.GFile(os.path.join(export_dir, SAVED_MODEL_PB), "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def write_warmup(export_dir: str, logs: Sequence[Any]) -> str:
+    """Writes a SavedModel's warmup PredictionLogs (TFRecord).
+
+    Raises:
+      ValueError: more records than TF Serving accepts.
+    """
+    if len(logs) > MAX_WARMUP_RECORDS:
+        raise ValueError(
+            f"{len(logs)} warmup records; TF Serving takes at most "
+            f"{MAX_WARMUP_RECORDS}."
+        )
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup(export_dir: str) -> list[prediction_log_pb2.PredictionLog]:
+    """Reads a SavedModel's warmup records (empty when it has none).
+
+    Raises:
+      ValueError: more records than TF Serving accepts.
+    """
+    path = os.path.join(export_dir, WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    logs = []
+    for record in tf.data.TFRecordDataset(path):
+        if len(logs) == MAX_WARMUP_RECORDS:
+            raise ValueError(
+                f"More than {MAX_WARMUP_RECORDS} warmup records in {path}."
+            )
+        logs.append(prediction_log_pb2.PredictionLog.FromString(record.numpy()))
+    return logs
+
+
 def same_model(version_dir: str, saved_model: str) -> bool:
     """Whether two SavedModels hold the same graph, signatures and weights.
 
@@ -148,3 +226,49 @@ def prune(model_dir: str, keep: int, protect: int | None = None) -> list[int]:
     for version in doomed:
         tf.io.gfile.rmtree(os.path.join(model_dir, str(version)))
     return doomed
+
+
+@dataclasses.dataclass(frozen=True)
+class PushedModel:
+    """What a PushedModel artifact says about its push.
+
+    Attributes:
+      pushed: whether a version was published (or was already current).
+      model_name: the served model's name (`<base>/<model_name>/`).
+      version: the pushed version, None when nothing was pushed.
+      destination: the version directory, "" when nothing was pushed.
+      reason: a sentence for the logs.
+    """
+
+    pushed: bool
+    model_name: str
+    version: int | None
+    destination: str
+    reason: str
+
+    @classmethod
+    def of(cls, artifact: core.Artifact) -> PushedModel:
+        """Reads the push from a PushedModel artifact's properties."""
+        props = artifact.properties
+        version = str(props.get("pushed_version", ""))
+        return cls(
+            pushed=int(props.get("pushed", 0)) == 1,
+            model_name=str(props.get("model_name", "")),
+            version=int(version) if version.isdigit() else None,
+            destination=str(props.get("pushed_destination", "")),
+            reason=str(props.get("reason", "")),
+        )
+
+    def record(self, artifact: core.Artifact) -> None:
+        """Sets a PushedModel artifact's properties to this push."""
+        artifact.properties.update(
+            {
+                "pushed": int(self.pushed),
+                "model_name": self.model_name,
+                "pushed_version": (
+                    "" if self.version is None else str(self.version)
+                ),
+                "pushed_destination": self.destination,
+                "reason": self.reason,
+            }
+        )
