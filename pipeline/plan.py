@@ -7,8 +7,8 @@ r"""The plan of a run: `bazel run //pipeline:plan -- <the flags of a run>`.
 Reads no image and starts no training: prints the resolved config as a
 diff against its preset and, per stage, the examples, steps, epochs, batch
 layout, shards, input rate per host, checkpoint sizes and an estimate of
-the hours (pipeline/plan_lib.py). Settings that cannot work are listed and
-the exit code is 2, as the run itself would refuse them.
+the hours (pipeline/plan_lib.py). Settings that cannot work are listed
+instead, with exit code 2, as the run itself would refuse them.
 
 Flags of its own: --job (pretrain, finetune, retrain), --tpu_topology
 (v3-32, v4-64, v5e-16, ...), --utilization (assumed share of the bf16
@@ -26,7 +26,7 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import tpu_topologies  # noqa: E402
-from pipeline import flags_lib, plan_lib  # noqa: E402
+from pipeline import flags_lib, plan_checks, plan_lib  # noqa: E402
 
 flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
 flags.DEFINE_enum(
@@ -66,9 +66,22 @@ def main(argv):
                 FLAGS.expected_examples, "expected_examples"
             ).items()
         }
+        stages = flags_lib.stage_names(config, FLAGS.job)
+        found = plan_checks.missing_required(config) + plan_checks.problems(
+            config,
+            stages,
+            topology.replicas if topology else 0,
+            on_tpu=topology is not None,
+        )
+        if found:
+            # No numbers for a run that cannot start.
+            raise ValueError(
+                "refused: settings that cannot work:\n"
+                + "\n".join(f"  - {p}" for p in found)
+            )
         plan = plan_lib.make_plan(
             config,
-            flags_lib.stage_names(config, FLAGS.job),
+            stages,
             topology,
             FLAGS.utilization,
             plan_lib.parse_stage_values(FLAGS.examples, "examples"),
