@@ -183,9 +183,11 @@ def apply_renamed_flags(
     """
     messages = []
     for old, new in _RENAMED.items():
-        if old not in flag_values or not flag_values[old].present:
+        if old not in flag_values:
             continue
         value = flag_values[old].value
+        if value is None or value == []:
+            continue
         target = flag_values[new]
         if isinstance(target, flags.MultiFlag):
             target.value = list(target.value or []) + list(value)
@@ -195,6 +197,7 @@ def apply_renamed_flags(
             else:
                 target.value = value
                 target.present = 1
+        flag_values[old].value = flag_values[old].default
         flag_values[old].present = 0
         messages.append(f"--{old} is an old spelling; use --{new} instead.")
     for message in messages:
@@ -246,7 +249,7 @@ def run_component(
       component: the component.
       inputs: its input artifacts.
       config: its typed config.
-      output_dir: --output_dir as typed; empty: a new directory
+      output_dir: --output as typed; empty: a new directory
         `<home>/<Component>/<time>` (`default_home`).
       outputs: the output keys; each artifact goes to `<output_dir>/<key>`.
 
@@ -261,7 +264,7 @@ def run_component(
         component.SPEC.name,
         time.strftime("%Y%m%d-%H%M%S"),
     )
-    check_output_location(output_dir, "output_dir")
+    check_output_location(output_dir, "output")
     result = base.execute(
         component,
         inputs,

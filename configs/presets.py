@@ -331,6 +331,45 @@ def get_preset(name: str) -> Mapping[str, Any]:
     return PRESETS[name]
 
 
+def stage_config(name: str, stage: str, variant: str = ""):
+    """The `TrainerConfig` a preset's stage starts from.
+
+    Its recipe with the preset's overrides, then (with `variant`) that
+    variant and the preset's per-variant overrides for it.
+
+    Args:
+      name: a preset name.
+      stage: "pretrain" or "finetune".
+      variant: a coatnet_tf variant; "" keeps the recipe's.
+
+    Returns:
+      A `components.trainer.config.TrainerConfig`.
+
+    Raises:
+      ValueError: unknown preset or stage, or a field that does not apply.
+    """
+    from components import base
+
+    stages = get_preset(name)["stages"]
+    if stage not in stages:
+        raise ValueError(
+            f"Preset {name!r} has no {stage!r} stage; it has {list(stages)}."
+        )
+    spec = stages[stage]
+    try:
+        config = base.apply_overrides(
+            configs.get_config(spec["recipe"]), spec.get("overrides", {})
+        )
+        if variant:
+            config = base.apply_overrides(config, {"model.variant": variant})
+        by_variant = spec.get("by_variant", {})
+        return base.apply_overrides(
+            config, by_variant.get(config.model.variant, {})
+        )
+    except ValueError as e:
+        raise ValueError(f"Preset {name!r}, stage {stage}: {e}") from e
+
+
 def validate(name: str, preset: Mapping[str, Any]) -> None:
     """Checks a preset's shape: keys, recipe names, stages and datasets.
 

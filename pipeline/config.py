@@ -24,7 +24,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import configs
 from components import base, cli
 from components.evaluator.component import EvaluatorConfig
 from components.example_gen.config import ExampleGenConfig
@@ -107,11 +106,10 @@ def preset_config(
 ) -> PipelineConfig:
     """A preset of configs/presets.py as a `PipelineConfig`.
 
-    Each stage starts from its recipe and takes the preset's overrides;
-    then `overrides` (dotted `PipelineConfig` paths, e.g. from flags) are
-    applied; then the preset's per-variant overrides for the variant each
-    stage ends up with, and `overrides` once more so that the user's values
-    win over the preset's.
+    Each stage starts from its recipe (`presets.stage_config`: the recipe,
+    the preset's overrides, and its per-variant overrides for the variant
+    the stage ends up with); then `overrides` (dotted `PipelineConfig`
+    paths, e.g. from flags) are applied, so the user's values win.
 
     Args:
       name: a preset name.
@@ -127,18 +125,27 @@ def preset_config(
     """
     preset = presets.get_preset(name)
     overrides = dict(overrides or {})
+    config = _build(name, preset, overrides, {})
+    # Again from the recipes, now that each stage's variant is known, so
+    # that the per-variant values of that variant (and no other) apply.
+    variants = {
+        stage: getattr(config, stage).model.variant
+        for stage in preset["stages"]
+    }
+    return _build(name, preset, overrides, variants)
+
+
+def _build(name, preset, overrides, variants) -> PipelineConfig:
     stages = preset["stages"]
     fields: dict[str, Any] = {"preset": name}
     for stage in ("pretrain", "finetune"):
         # A preset without a finetune stage keeps a copy of its pretraining
         # recipe there (never run unless `run_finetune` is set).
-        spec = stages.get(stage) or stages["pretrain"]
-        try:
-            fields[stage] = base.apply_overrides(
-                configs.get_config(spec["recipe"]), spec.get("overrides", {})
-            )
-        except ValueError as e:
-            raise ValueError(f"Preset {name!r}, stage {stage}: {e}") from e
+        fields[stage] = presets.stage_config(
+            name,
+            stage if stage in stages else "pretrain",
+            variants.get(stage, ""),
+        )
     pipeline = dict(preset.get("pipeline", {}))
     for key in ("data", "finetune_data"):
         if key in pipeline:
@@ -147,15 +154,10 @@ def preset_config(
         if key in pipeline:
             fields[key] = EvaluatorConfig(**pipeline.pop(key))
     config = dataclasses.replace(PipelineConfig(), **pipeline, **fields)
-    config = apply(config, overrides)
-    by_variant = {}
-    for stage, spec in stages.items():
-        variant = getattr(config, stage).model.variant
-        for key, value in spec.get("by_variant", {}).get(variant, {}).items():
-            by_variant[f"{stage}.{key}"] = value
-    if by_variant:
-        config = apply(apply(config, by_variant), overrides)
-    return config
+    try:
+        return apply(config, overrides)
+    except ValueError as e:
+        raise ValueError(f"Preset {name!r}: {e}") from e
 
 
 def demo_config() -> PipelineConfig:

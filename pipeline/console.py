@@ -42,8 +42,9 @@ def quiet_unless_verbose(argv: list[str] | None = None) -> bool:
 
     Sets `TF_CPP_MIN_LOG_LEVEL=3` (C++ INFO/WARNING/ERROR lines: CUDA,
     cuDNN, oneDNN, XLA), lowers the Python "tensorflow" logger to errors
-    (deprecation notices) and ignores Python deprecation and future
-    warnings. Errors that matter still surface as exceptions.
+    (deprecation notices) and Beam's to warnings, and ignores Python
+    deprecation and future warnings. The project's own absl log lines
+    stay. Errors that matter still surface as exceptions.
 
     Args:
       argv: the command line (default `sys.argv[1:]`).
@@ -56,6 +57,8 @@ def quiet_unless_verbose(argv: list[str] | None = None) -> bool:
         return False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    # Beam's runner narrates every bundle at INFO.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     for category in (
         DeprecationWarning,
         PendingDeprecationWarning,
