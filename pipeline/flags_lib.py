@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from components import cli
 from configs import presets
@@ -189,7 +189,6 @@ def main_for(job: str) -> Callable[[list[str]], None]:
             config = config_from_flags()
             plan_checks.refuse(config, job)
         except ValueError as e:
-            logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(runner.EXIT_USAGE) from e
         base_model = ""

@@ -9,12 +9,17 @@ import math
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
 
 from configs import tpu_topologies
 from pipeline import config as config_lib
-from pipeline import plan_checks, plan_lib
+from pipeline import flags_lib, plan_checks, plan_lib
+
+FLAGS = flags.FLAGS
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 # Lines TensorFlow prints at start-up or on deprecated calls.
@@ -199,6 +204,39 @@ class PlanChecksTest(tf.test.TestCase):
             },
         )
         self.assertEqual(plan_checks.problems(relaxed, ["finetune"]), [])
+
+
+class FlagsTest(tf.test.TestCase):
+    def _config(self, *argv):
+        with flagsaver.flagsaver():
+            FLAGS.unparse_flags()
+            FLAGS(["pretrain", *argv])
+            return flags_lib.config_from_flags()
+
+    def test_no_flags_is_still_the_demo(self):
+        root = self.create_tempdir().full_path
+        with mock.patch.dict(os.environ, {"COATNET_HOME": root}):
+            config = self._config()
+        self.assertEqual(config, config_lib.demo_config())
+
+    def test_old_root_spelling_and_config_file_base(self):
+        tmp = self.create_tempdir()
+        path = tmp.create_file(
+            "run.json",
+            '{"base": "i1k", "pretrain": {"batch_size": 1024}}',
+        ).full_path
+        config = self._config(
+            f"--config_file={path}",
+            "--input=/data/i1k/train",
+            f"--pipeline_root={tmp.full_path}/root",
+            "--set=pretrain.batch_size=2048",
+        )
+        self.assertEqual(config.preset, "i1k")
+        self.assertEqual(config.pipeline_root, f"{tmp.full_path}/root")
+        self.assertEqual(config.pretrain.batch_size, 2048)  # --set wins.
+        self.assertFalse(config.demo)
+        with self.assertRaisesRegex(ValueError, "name one preset"):
+            self._config(f"--config_file={path}", "--preset=i21k_to_i1k")
 
 
 class BinariesTest(tf.test.TestCase):
