@@ -12,6 +12,7 @@ preset: a real run never inherits the demo's settings silently.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +60,18 @@ flags.DEFINE_string("tpu", "", "TPU name, or 'local' on a TPU VM.")
 flags.DEFINE_string("zone", "", "TPU zone.")
 flags.DEFINE_string("project", "", "GCP project of the TPU.")
 flags.DEFINE_bool("cache", True, "Skip components whose inputs are unchanged.")
+flags.DEFINE_float(
+    "bless_floor",
+    None,
+    "Blessing floor of the served model's gated metric (e.g. top1 >= 0.8); "
+    "default: the preset's.",
+)
+flags.DEFINE_float(
+    "bless_margin",
+    None,
+    "Largest regression of that metric against the served baseline that "
+    "still blesses (e.g. 0.005); default: the preset's.",
+)
 cli.define_renamed_flag("pipeline_root", "output")
 
 # The first-class flags and the dotted fields they set.
@@ -164,6 +177,7 @@ def config_from_flags() -> config_lib.PipelineConfig:
         raise ValueError(
             f"--preset={name} with --config_file/--set: {e}"
         ) from e
+    config = _with_gates(config, FLAGS.bless_floor, FLAGS.bless_margin)
     config_lib.check(config)
     if "://" not in config.root:
         cli.check_output_location(config.root, "output")
@@ -206,3 +220,29 @@ def stage_names(config: config_lib.PipelineConfig, job: str) -> list[str]:
     if job == "retrain":
         return ["finetune"] if config.run_finetune else ["pretrain"]
     return ["pretrain", "finetune"] if config.run_finetune else ["pretrain"]
+
+
+def _with_gates(config, floor: float | None, margin: float | None):
+    """The served stage's gates with --bless_floor / --bless_margin set.
+
+    The served stage is the finetune stage when it runs, else pretraining.
+    A floor replaces the `lower_bound` of every value threshold; a margin
+    sets every change threshold's `absolute` to `-margin`.
+    """
+    if floor is None and margin is None:
+        return config
+    name = "finetune_evaluator" if config.run_finetune else "evaluator"
+    evaluator = getattr(config, name)
+    gates = []
+    for t in evaluator.thresholds:
+        if t.is_change and margin is not None:
+            t = dataclasses.replace(t, absolute=-abs(margin), relative=None)
+        elif (
+            not t.is_change and floor is not None and t.lower_bound is not None
+        ):
+            t = dataclasses.replace(t, lower_bound=floor)
+        gates.append(t)
+    return dataclasses.replace(
+        config,
+        **{name: dataclasses.replace(evaluator, thresholds=tuple(gates))},
+    )

@@ -238,6 +238,27 @@ class FlagsTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "name one preset"):
             self._config(f"--config_file={path}", "--preset=i21k_to_i1k")
 
+    def test_blessing_floor_and_margin_flags(self):
+        config = self._config(
+            "--preset=i21k_to_i1k",
+            "--input=/data/i21k",
+            "--finetune_input=/data/i1k",
+            "--bless_floor=0.85",
+            "--bless_margin=0.002",
+        )
+        gates = {
+            "change" if t.is_change else "floor": t
+            for t in config.finetune_evaluator.thresholds
+        }
+        self.assertEqual(gates["floor"].metric, "top1")
+        self.assertEqual(gates["floor"].lower_bound, 0.85)
+        self.assertEqual(gates["change"].absolute, -0.002)
+        # The pretraining gate is not the served one: unchanged.
+        self.assertEqual(
+            config.evaluator,
+            config_lib.preset_config("i21k_to_i1k").evaluator,
+        )
+
 
 class BinariesTest(tf.test.TestCase):
     def test_plan_refuses_384_on_256_with_a_quiet_console(self):
