@@ -57,6 +57,7 @@ class Examples:
     source: str
     bytes_per_example: float
     bytes_source: str
+    shards: int = 0  # 0: as the ExampleGen config will write them.
 
 
 def parse_stage_values(items: list[str], flag: str) -> dict[str, str]:
@@ -100,19 +101,17 @@ def stage_examples(
     if artifact_uri:
         artifact = base.Artifact.read(artifact_uri, base.EXAMPLES)
         counts = artifact.properties["num_examples"]
-        total = sum(counts.values())
-        size = sum(
-            tf.io.gfile.stat(path).length
-            for path in tf.io.gfile.glob(f"{artifact_uri}/*/*")
-            if not tf.io.gfile.isdir(path)
-        )
+        shards = tf.io.gfile.glob(f"{artifact_uri}/Split-train/*")
+        size = sum(tf.io.gfile.stat(path).length for path in shards)
+        train = int(counts.get("train", 0))
         return Examples(
-            train=int(counts.get("train", 0)),
+            train=train,
             validation=int(counts.get("validation", 0)),
             classes=int(artifact.properties.get("num_classes", 0)),
             source=f"Examples artifact {artifact_uri}",
-            bytes_per_example=size / max(total, 1),
-            bytes_source="the artifact's shards",
+            bytes_per_example=size / max(train, 1),
+            bytes_source="the artifact's train shards",
+            shards=len(shards),
         )
     preset = presets.get_preset(config.preset)
     dataset = presets.DATASETS.get(preset["datasets"].get(stage, ""), {})
@@ -199,12 +198,12 @@ def stage_plan(
         "warmup_steps": steps.warmup,
         "epochs": steps.total / per_epoch if per_epoch else 0.0,
         "images_seen": steps.total * batch,
-        "shards": data.num_shards,
+        "shards": examples.shards or data.num_shards,
         "bytes_per_example": examples.bytes_per_example,
         "bytes_per_example_source": examples.bytes_source,
         "bytes_per_shard": examples.train
         * examples.bytes_per_example
-        / data.num_shards,
+        / (examples.shards or data.num_shards),
         "params": model["params"],
         "forward_flops_per_image": model["forward_flops"],
         "train_flops_per_step": TRAIN_FLOPS_PER_FORWARD

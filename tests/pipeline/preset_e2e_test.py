@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
-from pipeline import demo_data, flags_lib, plan_checks, runner
+from pipeline import demo_data, flags_lib, plan_checks, plan_lib, runner
 
 FLAGS = flags.FLAGS
 _FINETUNE_SYNSETS = demo_data.SYNSETS[:5]
@@ -131,6 +131,27 @@ class PresetEndToEndTest(tf.test.TestCase):
         self.assertEqual(examples.properties["source"], "image_folder")
         served = os.path.join(config.serving, config.model_name)
         self.assertEqual(os.listdir(served), ["1"])
+        # The plan of a rerun reads the sizes from the Examples artifact.
+        pre_examples = result.result.outputs["ExampleGen.pretrain"]["examples"]
+        plan = plan_lib.make_plan(
+            config,
+            ["pretrain"],
+            artifacts={"pretrain": pre_examples.uri},
+        )
+        stage = plan["stages"][0]
+        counts = pre_examples.properties["num_examples"]
+        self.assertEqual(stage["examples"], counts["train"])
+        self.assertEqual(stage["validation_examples"], counts["validation"])
+        self.assertEqual(stage["classes"], 10)
+        self.assertEqual(stage["shards"], 2)
+        shard_bytes = sum(
+            os.path.getsize(os.path.join(pre_examples.uri, "Split-train", f))
+            for f in os.listdir(os.path.join(pre_examples.uri, "Split-train"))
+        )
+        self.assertAlmostEqual(
+            stage["bytes_per_example"], shard_bytes / counts["train"]
+        )
+        self.assertEqual(stage["steps"], 16)
         run_dir = os.path.dirname(result.report_path)
         with open(os.path.join(run_dir, "config.json")) as f:
             self.assertEqual(json.load(f)["preset"], "i21k_to_i1k")
