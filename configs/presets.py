@@ -222,7 +222,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "pretrain": "imagenet21k_winter21",
             "finetune": "imagenet1k",
         },
-        "requires": ["finetune_data.input"],
+        # ImageNet-1K's own 50,000 validation images, as Table 10's
+        # numbers are: a class-folder tree (or a flat folder with
+        # finetune_data.validation_labels).
+        "requires": ["finetune_data.input", "finetune_data.validation_input"],
     },
     "i1k": {
         "description": "ImageNet-1K from scratch at 224 (300 epochs), "
@@ -247,7 +250,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             },
         },
         "datasets": {"pretrain": "imagenet1k"},
-        "requires": [],
+        "requires": ["data.validation_input"],
     },
     "jft_to_i1k": {
         "description": "JFT pretraining at 224 (sigmoid, 14 epochs), then "
@@ -291,7 +294,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             },
         },
         "datasets": {"pretrain": "jft300m", "finetune": "imagenet1k"},
-        "requires": ["finetune_data.input", "data.labels_vocab"],
+        "requires": [
+            "finetune_data.input",
+            "finetune_data.validation_input",
+            "data.labels_vocab",
+        ],
     },
 }
 

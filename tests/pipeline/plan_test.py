@@ -266,13 +266,15 @@ class BinariesTest(tf.test.TestCase):
             "plan.py",
             "--preset=i21k_to_i1k",
             "--input=/data/i21k",
-            "--finetune_input=/data/i1k",
+            "--finetune_input=/data/i1k/train",
+            "--set=finetune_data.validation_input=/data/i1k/val",
             "--set=finetune_data.resize_shorter_side=256",
             f"--output={self.create_tempdir().full_path}",
         )
         self.assertEqual(proc.returncode, 2, proc.stderr)
         self.assertIn("--set=finetune_data.resize_shorter_side", proc.stderr)
         self.assertIn("--finetune_image_size", proc.stderr)
+        self.assertNotIn("needs", proc.stderr)  # Only that refusal.
         console = proc.stdout + proc.stderr
         for word in _CHATTER:
             self.assertNotIn(word.lower(), console.lower(), console)

@@ -28,14 +28,24 @@ def _write_data(root: str) -> tuple[str, str]:
     i21k = os.path.join(root, "i21k")
     span_dir = demo_data.write_span(i21k, 1, image_size=64, fraction=0.25)
     i1k = os.path.join(root, "i1k")
+    _to_folders(span_dir, os.path.join(i1k, "train"))
+    # The validation images: another rendering of the digits.
+    other = demo_data.write_span(
+        os.path.join(root, "other"), 2, image_size=64, fraction=0.1
+    )
+    _to_folders(other, os.path.join(i1k, "val"))
+    return os.path.join(i21k, demo_data.SPAN_PATTERN), i1k
+
+
+def _to_folders(span_dir: str, out: str) -> None:
+    """Per-synset tars to `<out>/<synset>/*.JPEG` for the five classes."""
     for synset in _FINETUNE_SYNSETS:
-        os.makedirs(os.path.join(i1k, synset))
+        os.makedirs(os.path.join(out, synset))
         with tarfile.open(os.path.join(span_dir, f"{synset}.tar")) as tar:
             for member in tar.getmembers():
-                name = os.path.join(i1k, synset, os.path.basename(member.name))
+                name = os.path.join(out, synset, os.path.basename(member.name))
                 with open(name, "wb") as f:
                     f.write(tar.extractfile(member).read())
-    return os.path.join(i21k, demo_data.SPAN_PATTERN), i1k
 
 
 def _argv(root: str, i21k: str, i1k: str, *extra: str) -> list[str]:
@@ -45,7 +55,6 @@ def _argv(root: str, i21k: str, i1k: str, *extra: str) -> list[str]:
         "data.num_shards": 2,
         "data.num_eval_shards": 1,
         "data.beam_pipeline_args": in_memory,
-        "finetune_data.validation_per_class": 8,
         "finetune_data.num_shards": 2,
         "finetune_data.num_eval_shards": 1,
         "finetune_data.beam_pipeline_args": in_memory,
@@ -75,7 +84,8 @@ def _argv(root: str, i21k: str, i1k: str, *extra: str) -> list[str]:
         "pretrain",
         "--preset=i21k_to_i1k",
         f"--input={i21k}",
-        f"--finetune_input={i1k}",
+        f"--finetune_input={i1k}/train",
+        f"--set=finetune_data.validation_input={i1k}/val",
         "--variant=coatnet-tiny",
         "--pretrain_image_size=32",
         "--finetune_image_size=48",
@@ -129,6 +139,13 @@ class PresetEndToEndTest(tf.test.TestCase):
         self.assertEqual(finetuned.properties["num_classes"], 5)
         examples = result.result.outputs["ExampleGen.finetune"]["examples"]
         self.assertEqual(examples.properties["source"], "image_folder")
+        # Evaluated on the validation folder, not a hold-out of train.
+        val_images = sum(
+            len(files) for _, _, files in os.walk(os.path.join(i1k, "val"))
+        )
+        self.assertEqual(
+            examples.properties["num_examples"]["validation"], val_images
+        )
         served = os.path.join(config.serving, config.model_name)
         self.assertEqual(os.listdir(served), ["1"])
         # The plan of a rerun reads the sizes from the Examples artifact.
