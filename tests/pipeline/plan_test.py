@@ -40,6 +40,7 @@ def _i21k(**overrides):
         {
             "data.input": "/data/i21k/{SPAN}",
             "finetune_data.input": "/data/i1k/train",
+            "finetune_data.validation_input": "/data/i1k/val",
             "pretrain.model.variant": "coatnet-2",
             "finetune.model.variant": "coatnet-2",
             **overrides,
