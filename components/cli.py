@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from absl import flags
 
 from artifacts.core import resolve_user_path
 from components import base
@@ -95,6 +98,102 @@ def load_config_overrides(path: str) -> Mapping[str, Any]:
         raise ValueError(f"--config_file={path}: {e}") from e
 
 
+def parse_set_flags(items: Sequence[str], flag: str = "set") -> dict[str, str]:
+    """Parses repeated `--set=a.b=value` items into dotted overrides.
+
+    Args:
+      items: the flag's values.
+      flag: the flag's name, for the error message.
+
+    Returns:
+      {dotted field path: value text}, later items winning.
+
+    Raises:
+      ValueError: an item without "=" or without a field path.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--{flag}={item!r}: expected field.path=value.")
+        out[key.strip()] = value
+    return out
+
+
+# Old flag spellings: {old name: new name}, filled by define_renamed_flag.
+_RENAMED: dict[str, str] = {}
+
+
+def define_renamed_flag(
+    old: str, new: str, flag_values: flags.FlagValues = flags.FLAGS
+) -> None:
+    """Keeps `--old` working as an alias of the already defined `--new`.
+
+    The binaries share one spelling (--config_file, --set, --output); the
+    old names still parse, and `apply_renamed_flags` moves their values
+    over and says what to use instead.
+
+    Args:
+      old: the old flag name.
+      new: the name of a flag defined before this call.
+      flag_values: the registry both live in.
+    """
+    target = flag_values[new]
+    help_text = f"Old spelling of --{new}; use --{new}."
+    if isinstance(target, flags.MultiFlag):
+        flags.DEFINE_multi_string(old, [], help_text, flag_values=flag_values)
+    elif isinstance(target.default, bool) or target.flag_type() == "bool":
+        flags.DEFINE_bool(old, None, help_text, flag_values=flag_values)
+    else:
+        flags.DEFINE_string(old, None, help_text, flag_values=flag_values)
+    _RENAMED[old] = new
+
+
+def apply_renamed_flags(
+    flag_values: flags.FlagValues = flags.FLAGS,
+    warn: Any = None,
+) -> list[str]:
+    """Moves the values of old flag spellings to the new flags.
+
+    A repeated flag's old values are added to the new one's; a single
+    value fills the new flag unless that was given too (then the new one
+    wins).
+
+    Args:
+      flag_values: the parsed registry.
+      warn: receives one message per old spelling used (default: stderr).
+
+    Returns:
+      The messages.
+    """
+    messages = []
+    for old, new in _RENAMED.items():
+        if old not in flag_values:
+            continue
+        value = flag_values[old].value
+        if value is None or value == []:
+            continue
+        target = flag_values[new]
+        if isinstance(target, flags.MultiFlag):
+            target.value = list(target.value or []) + list(value)
+        elif not target.present:
+            if isinstance(value, str):
+                target.parse(value)  # Sets the value and marks it present.
+            else:
+                target.value = value
+                target.present = 1
+        flag_values[old].value = flag_values[old].default
+        flag_values[old].present = 0
+        messages.append(f"--{old} is an old spelling; use --{new} instead.")
+    for message in messages:
+        (warn or _stderr)(message)
+    return messages
+
+
+def _stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def print_outputs(outputs: Mapping[str, base.Artifact]) -> None:
     """Logs and prints the output artifacts of a finished run."""
     for key, artifact in outputs.items():
@@ -135,7 +234,7 @@ def run_component(
       component: the component.
       inputs: its input artifacts.
       config: its typed config.
-      output_dir: --output_dir as typed; empty: a new directory
+      output_dir: --output as typed; empty: a new directory
         `<home>/<Component>/<time>` (`default_home`).
       outputs: the output keys; each artifact goes to `<output_dir>/<key>`.
 
@@ -150,7 +249,7 @@ def run_component(
         component.SPEC.name,
         time.strftime("%Y%m%d-%H%M%S"),
     )
-    check_output_location(output_dir, "output_dir")
+    check_output_location(output_dir, "output")
     result = base.execute(
         component,
         inputs,

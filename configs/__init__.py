@@ -8,6 +8,7 @@ recipe, and changes a few fields. `get_config(name)` looks one up.
   pretrain_i21k     ImageNet-21K at 224, sigmoid loss, 90 epochs.
   finetune_i1k_384  21K-pretrained model to ImageNet-1K at 384, 30 epochs.
   pretrain_jft      JFT at 224, sigmoid loss, 14 epochs.
+  finetune_jft_i1k  JFT-pretrained model to ImageNet-1K at 384, 30 epochs.
   tiny              coatnet-tiny at 32 px for tests and demos on a CPU.
 """
 
@@ -23,6 +24,7 @@ RECIPES = (
     "pretrain_i21k",
     "finetune_i1k_384",
     "pretrain_jft",
+    "finetune_jft_i1k",
     "tiny",
 )
 

@@ -4,8 +4,9 @@ At 224 for 14 epochs, batch 4096, per-class sigmoid loss with label
 smoothing 1e-4, AdamW with a 20K-step warmup and linear decay to 1e-5,
 weight decay 0.01, clip 1.0, RandAugment (2, 5), no Mixup, no EMA;
 stochastic depth 0.0/0.1/0.0 for CoAtNet-3/4/5. The peak lr is 1e-3 for
-CoAtNet-3 and 5e-4 for 4 and 5: override `optimizer.learning_rate=5e-4`
-with `--variant=coatnet-4` or `coatnet-5`.
+CoAtNet-3 and 5e-4 for 4 and 5: the `jft_to_i1k` preset
+(configs/presets.py) sets it per variant; with the recipe alone, override
+`optimizer.learning_rate=5e-4` with `--variant=coatnet-4` or `coatnet-5`.
 """
 
 import dataclasses

@@ -2,16 +2,19 @@
 
 `PipelineConfig` holds every component's execution properties, so a run is
 described by one document, written next to its outputs as
-`<pipeline_root>/runs/<run_id>/config.json`. A run starts from
-`demo_config()` (or `production_config()` for real data), then applies a
-JSON `--config_file` (a partial tree of fields) and `--set a.b=value`
-overrides, then the few first-class flags (`--input`, `--tpu`, ...).
+`<pipeline_root>/runs/<run_id>/config.json`. A run starts from a preset of
+configs/presets.py (`preset_config`): per stage a paper recipe with a few
+overrides, the ExampleGen settings and the blessing gates. Then come a
+JSON `--config_file` (a partial tree of fields, optionally naming its
+preset under "base"), `--set a.b=value` overrides and the few first-class
+flags (`--input`, `--tpu`, ...); see pipeline/flags_lib.py.
 
-The demo: the handwritten digits written as ImageNet-21K per-synset tars
-(`pipeline/demo_data.py`), pretraining coatnet-tiny at 32 px on all ten
-classes with the 21K recipe's sigmoid loss, then finetuning at 64 px on
-five of them (the ImageNet-1K-inside-21K case, the head initialized from
-the matching pretrain rows), evaluating, exporting and pushing.
+The demo (the `demo` preset): the handwritten digits written as
+ImageNet-21K per-synset tars (`pipeline/demo_data.py`), pretraining
+coatnet-tiny at 32 px on all ten classes with the 21K recipe's sigmoid
+loss, then finetuning at 64 px on five of them (the
+ImageNet-1K-inside-21K case, the head initialized from the matching
+pretrain rows), evaluating, exporting and pushing.
 """
 
 from __future__ import annotations
@@ -21,17 +24,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import configs
 from components import base, cli
-from components.evaluator import blessing as blessing_lib
 from components.evaluator.component import EvaluatorConfig
 from components.example_gen.config import ExampleGenConfig
 from components.exporter.component import ExporterConfig
 from components.pusher.component import PusherConfig
 from components.trainer.config import TrainerConfig
+from configs import presets
 
-DEMO_PRETRAIN_SIZE = 32
-DEMO_FINETUNE_SIZE = 64
 # The finetune label space: digits 0-4, a subset of the ten pretrain
 # classes (written to <data>/finetune_synsets.txt by the demo).
 DEMO_FINETUNE_CLASSES = 5
@@ -42,6 +42,7 @@ class PipelineConfig:
     """Everything a pretrain, finetune or retrain run needs.
 
     Attributes:
+      preset: the preset of configs/presets.py the config started from.
       name: the pipeline's name; the default root is
         `$COATNET_HOME/<name>` (else `~/coatnet_runs/<name>`).
       pipeline_root: where artifacts, the ledger and reports go (local or
@@ -66,6 +67,7 @@ class PipelineConfig:
       run_finetune: the pretrain job goes on to finetune (the demo does).
     """
 
+    preset: str = presets.DEFAULT
     name: str = "coatnet-demo"
     pipeline_root: str = ""
     serving_base: str = ""
@@ -99,89 +101,75 @@ class PipelineConfig:
         return os.path.join(self.root, "serving")
 
 
+def preset_config(
+    name: str, overrides: Mapping[str, Any] | None = None
+) -> PipelineConfig:
+    """A preset of configs/presets.py as a `PipelineConfig`.
+
+    Each stage starts from its recipe (`presets.stage_config`: the recipe,
+    the preset's overrides, and its per-variant overrides for the variant
+    the stage ends up with); then `overrides` (dotted `PipelineConfig`
+    paths, e.g. from flags) are applied, so the user's values win.
+
+    Args:
+      name: a preset name.
+      overrides: dotted field paths to values, applied last.
+
+    Returns:
+      The config, with `preset` set to `name`.
+
+    Raises:
+      ValueError: unknown preset, or a field the preset or `overrides`
+        names is unknown or its value does not parse (naming the preset
+        and stage).
+    """
+    preset = presets.get_preset(name)
+    overrides = dict(overrides or {})
+    config = _build(name, preset, overrides, {})
+    # Again from the recipes, now that each stage's variant is known, so
+    # that the per-variant values of that variant (and no other) apply.
+    variants = {
+        stage: getattr(config, stage).model.variant
+        for stage in preset["stages"]
+    }
+    return _build(name, preset, overrides, variants)
+
+
+def _build(name, preset, overrides, variants) -> PipelineConfig:
+    stages = preset["stages"]
+    fields: dict[str, Any] = {"preset": name}
+    for stage in ("pretrain", "finetune"):
+        # A preset without a finetune stage keeps a copy of its pretraining
+        # recipe there (never run unless `run_finetune` is set).
+        fields[stage] = presets.stage_config(
+            name,
+            stage if stage in stages else "pretrain",
+            variants.get(stage, ""),
+        )
+    pipeline = dict(preset.get("pipeline", {}))
+    for key in ("data", "finetune_data"):
+        if key in pipeline:
+            fields[key] = ExampleGenConfig(**pipeline.pop(key))
+    for key in ("evaluator", "finetune_evaluator"):
+        if key in pipeline:
+            fields[key] = EvaluatorConfig(**pipeline.pop(key))
+    config = dataclasses.replace(PipelineConfig(), **pipeline, **fields)
+    try:
+        return apply(config, overrides)
+    except ValueError as e:
+        raise ValueError(f"Preset {name!r}: {e}") from e
+
+
 def demo_config() -> PipelineConfig:
-    """The built-in demonstration: minutes on 2 CPU cores."""
-    tiny = configs.get_config("tiny")
-    pretrain = base.apply_overrides(
-        tiny,
-        {
-            "model.image_size": DEMO_PRETRAIN_SIZE,
-            # The 21K recipe's multi-label loss, at demo scale.
-            "loss.kind": "sigmoid",
-            "loss.label_smoothing": 1e-4,
-            "batch_size": 32,
-            "eval_batch_size": 64,
-            "train_steps": 1200,
-            "schedule.warmup_steps": 50,
-            "schedule.decay": "linear",
-            "optimizer.learning_rate": 3e-3,
-            "optimizer.weight_decay": 0.01,
-            "runtime.checkpoint_every_steps": 400,
-            "runtime.log_every_steps": 100,
-            "eval_every_steps": 400,
-            # Digits are small and centred: an 8%-area inception crop or a
-            # mirror image loses the class, and a -10 head bias (the 21K
-            # prior for ~20K classes) starves ten classes of gradient.
-            "augment.randaug_layers": 1,
-            "augment.randaug_magnitude": 3.0,
-            "augment.crop_area_range": [0.5, 1.0],
-            "augment.flip": False,
-            "model.head_init_bias": -2.2,
-        },
-    )
-    finetune = base.apply_overrides(
-        pretrain,
-        {
-            "model.image_size": DEMO_FINETUNE_SIZE,
-            # Finetuning recipe (Table 10): softmax, constant lr, EMA.
-            "loss.kind": "softmax",
-            "loss.label_smoothing": 0.1,
-            "train_steps": 300,
-            "schedule.decay": "constant",
-            "schedule.warmup_steps": 0,
-            "optimizer.learning_rate": 5e-4,
-            "optimizer.weight_decay": 1e-8,
-            "optimizer.ema_decay": 0.99,
-            "finetune.head_rows": "auto",
-            "model.head_init_bias": 0.0,
-        },
-    )
-    data = ExampleGenConfig(
-        source="imagenet21k",
-        input="",
-        validation_per_class=30,
-        num_shards=4,
-        num_eval_shards=2,
-        num_workers=2,
-    )
-    return PipelineConfig(
-        data=data,
-        finetune_data=dataclasses.replace(data),
-        pretrain=pretrain,
-        finetune=finetune,
-        evaluator=EvaluatorConfig(
-            split="validation",
-            thresholds=blessing_lib.thresholds_from_json(
-                # Twice chance for ten classes: the demo's tiny pretraining
-                # reached 0.33 and 0.49 in two runs of 1,200 steps.
-                [{"metric": "precision_at_1", "lower_bound": 0.2}]
-            ),
-        ),
-        finetune_evaluator=EvaluatorConfig(
-            split="validation",
-            thresholds=blessing_lib.thresholds_from_json(
-                [
-                    {"metric": "top1", "lower_bound": 0.5},
-                    {
-                        "metric": "top1",
-                        "direction": "higher_is_better",
-                        "absolute": -0.02,
-                    },
-                ]
-            ),
-        ),
-        exporter=ExporterConfig(warmup_split="validation"),
-    )
+    """The built-in demonstration (the `demo` preset): minutes on 2 CPU
+    cores."""
+    return preset_config(presets.DEFAULT)
+
+
+def stage_recipe(config: PipelineConfig, stage: str) -> TrainerConfig:
+    """The trainer config a stage of `config`'s preset starts from: its
+    recipe with the preset's overrides, before any user override."""
+    return getattr(preset_config(config.preset), stage)
 
 
 def apply(config: PipelineConfig, overrides: Mapping[str, Any]) -> Any:

@@ -8,9 +8,9 @@ Exit codes: 0 done, 10 candidate not blessed (served version kept),
 75 another run holds the lock, 1 a component failed, 2 bad flags.
 """
 
-import os
+from pipeline import console
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+console.quiet_unless_verbose()
 
 from absl import app, flags  # noqa: E402
 

@@ -5,10 +5,10 @@ r"""Evaluator CLI: evaluates a Model on an Examples split and blesses it.
     [--baseline_model=SERVING_MODEL_ARTIFACT] \
     [--extra_examples=v2=V2_EXAMPLES --extra_examples=real=REAL@validation] \
     --value_thresholds=top1>=0.5 --change_thresholds=top1>=-0.001 \
-    --output_dir=RUN/Evaluator/1
+    --output=RUN/Evaluator/1
 
-Writes `<output_dir>/evaluation` (metrics.json, PNGs) and
-`<output_dir>/blessing` (BLESSED or NOT_BLESSED). `--config_file` takes the
+Writes `<output>/evaluation` (metrics.json, PNGs) and
+`<output>/blessing` (BLESSED or NOT_BLESSED). `--config_file` takes the
 `EvaluatorConfig` fields as JSON (thresholds as a list of objects); flags
 given on the command line override it.
 """
@@ -48,11 +48,15 @@ _CHANGE = flags.DEFINE_list(
 )
 _CONFIG = flags.DEFINE_string("config_file", "", "EvaluatorConfig JSON.")
 _OUTPUT = flags.DEFINE_string(
-    "output_dir",
+    "output",
     "",
     "Where to write evaluation/ and blessing/ (default: "
     "$COATNET_HOME/Evaluator/<time>).",
 )
+_SET = flags.DEFINE_multi_string(
+    "set", [], "field=value override of the config, after --config_file."
+)
+cli.define_renamed_flag("output_dir", "output")
 
 
 def build_config() -> tuple[evaluator.EvaluatorConfig, dict]:
@@ -94,12 +98,16 @@ def build_config() -> tuple[evaluator.EvaluatorConfig, dict]:
     if names:
         values["extra_names"] = names
         values["extra_splits"] = splits
-    config = base.config_from_json(evaluator.EvaluatorConfig, values)
+    config = base.apply_overrides(
+        base.config_from_json(evaluator.EvaluatorConfig, values),
+        cli.parse_set_flags(_SET.value),
+    )
     return config, inputs
 
 
 def main(argv):
     del argv  # Unused.
+    cli.apply_renamed_flags()
     config, inputs = build_config()
     cli.run_component(
         evaluator.Evaluator(),

@@ -35,6 +35,9 @@ flags.DEFINE_string(
     "input", None, "Training input: folder, tars folder, manifest or TFDS name."
 )
 flags.DEFINE_string("output", None, "The Examples artifact directory.")
+flags.DEFINE_multi_string(
+    "set", [], "field=value override of the config, after the flags."
+)
 flags.DEFINE_string("validation_input", "", "Validation folder or manifest.")
 flags.DEFINE_string(
     "validation_labels", "", "image_folder: labels of a flat validation folder."
@@ -161,7 +164,10 @@ def build_config(passthrough: list[str]) -> config_lib.ExampleGenConfig:
         *shlex.split(FLAGS.beam_pipeline_args),
         *passthrough,
     )
-    config = base.config_from_json(config_lib.ExampleGenConfig, data)
+    config = base.apply_overrides(
+        base.config_from_json(config_lib.ExampleGenConfig, data),
+        cli.parse_set_flags(FLAGS.set),
+    )
     config.validate()
     return config
 

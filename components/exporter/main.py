@@ -3,10 +3,10 @@ r"""Exporter CLI: a trained Model to a validated serving SavedModel.
   bazel run //components:exporter -- \
     --model=RUN/Trainer/model/1 --blessing=RUN/Evaluator/1/blessing \
     [--examples=RUN/ExampleGen/examples/1] --model_name=coatnet \
-    --output_dir=RUN/Exporter/1
+    --output=RUN/Exporter/1
 
-Writes `<output_dir>/model` (a Model artifact with `Format-Serving/`) and
-`<output_dir>/infra_blessing` (INFRA_BLESSED or INFRA_NOT_BLESSED).
+Writes `<output>/model` (a Model artifact with `Format-Serving/`) and
+`<output>/infra_blessing` (INFRA_BLESSED or INFRA_NOT_BLESSED).
 `--config_file` takes `ExporterConfig` fields as JSON; flags override it.
 """
 
@@ -34,11 +34,15 @@ _VALIDATE = flags.DEFINE_bool(
 )
 _CONFIG = flags.DEFINE_string("config_file", "", "ExporterConfig JSON.")
 _OUTPUT = flags.DEFINE_string(
-    "output_dir",
+    "output",
     "",
     "Where to write model/ and infra_blessing/ (default: "
     "$COATNET_HOME/Exporter/<time>).",
 )
+_SET = flags.DEFINE_multi_string(
+    "set", [], "field=value override of the config, after --config_file."
+)
+cli.define_renamed_flag("output_dir", "output")
 
 
 def build_config() -> tuple[exporter.ExporterConfig, dict]:
@@ -66,11 +70,15 @@ def build_config() -> tuple[exporter.ExporterConfig, dict]:
         inputs["examples"] = cli.read_input_artifact(
             _EXAMPLES.value, base.EXAMPLES, "examples"
         )
-    return base.config_from_json(exporter.ExporterConfig, values), inputs
+    return base.apply_overrides(
+        base.config_from_json(exporter.ExporterConfig, values),
+        cli.parse_set_flags(_SET.value),
+    ), inputs
 
 
 def main(argv):
     del argv  # Unused.
+    cli.apply_renamed_flags()
     config, inputs = build_config()
     cli.run_component(
         exporter.Exporter(),

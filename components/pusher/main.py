@@ -4,10 +4,10 @@ r"""Pusher CLI: publishes a blessed, exported model to a TF Serving store.
     --model=RUN/Exporter/1/model --blessing=RUN/Evaluator/1/blessing \
     --infra_blessing=RUN/Exporter/1/infra_blessing \
     --serving_base=/srv/models --model_name=coatnet --keep_versions=3 \
-    --output_dir=RUN/Pusher/1
+    --output=RUN/Pusher/1
 
 Writes `<serving_base>/<model_name>/<version>/` when blessed, and the
-PushedModel artifact `<output_dir>/pushed_model` either way.
+PushedModel artifact `<output>/pushed_model` either way.
 """
 
 from __future__ import annotations
@@ -30,10 +30,14 @@ _VERSIONING = flags.DEFINE_enum(
 )
 _CONFIG = flags.DEFINE_string("config_file", "", "PusherConfig JSON.")
 _OUTPUT = flags.DEFINE_string(
-    "output_dir",
+    "output",
     "",
     "Where to write pushed_model/ (default: $COATNET_HOME/Pusher/<time>).",
 )
+_SET = flags.DEFINE_multi_string(
+    "set", [], "field=value override of the config, after --config_file."
+)
+cli.define_renamed_flag("output_dir", "output")
 
 
 def build_config() -> tuple[pusher.PusherConfig, dict]:
@@ -60,11 +64,15 @@ def build_config() -> tuple[pusher.PusherConfig, dict]:
         inputs["infra_blessing"] = cli.read_input_artifact(
             _INFRA.value, base.MODEL_BLESSING, "infra_blessing"
         )
-    return base.config_from_json(pusher.PusherConfig, values), inputs
+    return base.apply_overrides(
+        base.config_from_json(pusher.PusherConfig, values),
+        cli.parse_set_flags(_SET.value),
+    ), inputs
 
 
 def main(argv):
     del argv  # Unused.
+    cli.apply_renamed_flags()
     config, inputs = build_config()
     if not config.serving_base:
         raise app.UsageError("--serving_base is required.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -373,3 +374,72 @@ def model_overrides(config: TrainerConfig, sigmoid: bool) -> dict[str, Any]:
         head_init_bias=float(bias),
     )
     return overrides
+
+
+def load(
+    name_or_path: str, overrides: Mapping[str, Any] | None = None
+) -> TrainerConfig:
+    """The one way a Trainer config is named: recipe, preset stage or file.
+
+    Args:
+      name_or_path: a recipe of configs/ ("pretrain_i21k"), a preset's
+        stage ("i21k_to_i1k.finetune", configs/presets.py), or a JSON
+        file: a partial TrainerConfig whose optional "base" is either of
+        those, or a Trainer `_execution.json` (its "config").
+      overrides: dotted field paths to values, applied last.
+
+    Returns:
+      The resolved config.
+
+    Raises:
+      ValueError: an unknown name, an unreadable file or an override that
+        does not apply (naming it).
+    """
+    from components import base, cli
+
+    data: dict[str, Any] = {}
+    name = name_or_path
+    if not _is_named(name):
+        if not name.endswith(".json") and "/" not in name:
+            _named(name)  # Raises: names the recipes and presets.
+        path = cli.resolve_user_path(name_or_path)
+        try:
+            data = dict(base.read_json(path))
+        # tf.io.gfile raises tf.errors.* (not OSError) for a missing file.
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"{name_or_path!r} is neither a recipe, a preset stage "
+                f"(preset.stage) nor a readable JSON file: {e}"
+            ) from e
+        if "config" in data and "component" in data:
+            data = dict(data["config"])
+        name = data.pop("base", "")
+    config = _named(name) if name else TrainerConfig()
+    config = base.apply_overrides(config, data)
+    return base.apply_overrides(config, overrides or {})
+
+
+def _is_named(name: str) -> bool:
+    import configs
+    from configs import presets
+
+    preset, _, stage = name.partition(".")
+    return name in configs.list_configs() or (
+        preset in presets.list_presets() and stage in presets.STAGES
+    )
+
+
+def _named(name: str) -> TrainerConfig:
+    import configs
+    from configs import presets
+
+    if name in configs.list_configs():
+        return configs.get_config(name)
+    preset, _, stage = name.partition(".")
+    if preset in presets.list_presets() and stage:
+        return presets.stage_config(preset, stage)
+    raise ValueError(
+        f"Unknown base {name!r}: expected a recipe {configs.list_configs()}"
+        f" or a preset stage, e.g. i21k_to_i1k.finetune (presets: "
+        f"{presets.list_presets()})."
+    )

@@ -1,13 +1,16 @@
 """Trainer CLI: `bazel run //components/trainer:trainer -- --examples=...`.
 
     --examples=<Examples artifact> --output=<Model artifact dir>
-    --config=pretrain_i1k|pretrain_i21k|finetune_i1k_384|pretrain_jft|tiny
-             (or a JSON file: a full or partial TrainerConfig, optionally
-             with "base": "<recipe>"; an `_execution.json` works too)
+    --config=<recipe of configs/, e.g. pretrain_i21k, or a preset's stage,
+             e.g. i21k_to_i1k.finetune>
+    --config_file=<JSON: a partial TrainerConfig, optionally with
+             "base": "<recipe or preset.stage>"; an `_execution.json`
+             works too>
     --variant --image_size --batch_size --train_steps --train_epochs
     --strategy=default|mirrored|multi_worker|tpu --tpu --zone --project
     --precision --base_model=<Model artifact> --init_checkpoint --seed
-    --config_override=optimizer.learning_rate=5e-5 (repeatable)
+    --set=optimizer.learning_rate=5e-5 (repeatable; old spelling:
+    --config_override)
 
 Running it again with the same --output resumes from the latest
 checkpoint. In a multi-worker run every worker runs the same command; only
@@ -35,11 +38,20 @@ flags.DEFINE_string(
     "Default: $COATNET_HOME (or ~/coatnet_runs)/trainer/<config>.",
 )
 flags.DEFINE_string(
-    "config", "pretrain_i1k", "A recipe name from configs/, or a JSON file."
+    "config",
+    "pretrain_i1k",
+    "A recipe of configs/ or a preset stage (i21k_to_i1k.finetune).",
+)
+flags.DEFINE_string(
+    "config_file",
+    "",
+    'A JSON TrainerConfig (partial); its "base" names a recipe or preset '
+    "stage. Beats --config.",
 )
 flags.DEFINE_multi_string(
-    "config_override", [], "field.path=value, e.g. optimizer.ema_decay=0.9999."
+    "set", [], "field.path=value, e.g. optimizer.ema_decay=0.9999."
 )
+cli.define_renamed_flag("config_override", "set")
 flags.DEFINE_string("base_model", None, "A Model artifact to finetune from.")
 flags.DEFINE_string("init_checkpoint", None, "A checkpoint to finetune from.")
 flags.DEFINE_string("variant", None, "coatnet-0 ... coatnet-7, coatnet-tiny.")
@@ -72,41 +84,22 @@ _FLAG_FIELDS = {
 
 
 def load_config(name_or_path: str, overrides: dict) -> config_lib.TrainerConfig:
-    """A recipe (or JSON file) with overrides applied.
-
-    Args:
-      name_or_path: a `configs` recipe name, or a JSON file holding a
-        (partial) TrainerConfig, optionally naming its recipe under
-        "base", or an `_execution.json` (its "config").
-      overrides: dotted field paths to values.
-
-    Returns:
-      The resolved config.
-    """
-    import configs
-
-    if name_or_path in configs.list_configs():
-        config = configs.get_config(name_or_path)
-    else:
-        data = dict(base.read_json(cli.resolve_user_path(name_or_path)))
-        if "config" in data and "component" in data:
-            data = dict(data["config"])
-        recipe = data.pop("base", None)
-        config = (
-            configs.get_config(recipe) if recipe else config_lib.TrainerConfig()
-        )
-        config = base.apply_overrides(config, data)
-    return base.apply_overrides(config, overrides)
+    """`components.trainer.config.load` (kept for callers of this module)."""
+    return config_lib.load(name_or_path, overrides)
 
 
 def main(argv):
     del argv  # Unused.
-    overrides = base.parse_override_flags(FLAGS.config_override)
+    cli.apply_renamed_flags()
+    overrides = cli.parse_set_flags(FLAGS.set)
     for flag, field in _FLAG_FIELDS.items():
         value = FLAGS[flag].value
         if value is not None:
             overrides[field] = value
-    config = load_config(FLAGS.config, overrides)
+    try:
+        config = config_lib.load(FLAGS.config_file or FLAGS.config, overrides)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     # The strategy first: multi-worker and TPU set-up must precede any
     # other TensorFlow work in the process.
     from components.trainer import strategy as strategy_lib
@@ -123,7 +116,9 @@ def main(argv):
         inputs["base_model"] = cli.read_input_artifact(
             FLAGS.base_model, base.MODEL, "base_model"
         )
-    recipe = os.path.splitext(os.path.basename(FLAGS.config))[0]
+    recipe = os.path.splitext(
+        os.path.basename(FLAGS.config_file or FLAGS.config)
+    )[0]
     output = FLAGS.output or os.path.join(cli.default_home(), "trainer", recipe)
     output = cli.check_output_location(cli.resolve_user_path(output), "output")
     component = component_lib.Trainer(strategy)

@@ -94,7 +94,7 @@ class CliTest(tf.test.TestCase):
     def test_run_component_refuses_the_source_tree(self):
         src = self.create_tempdir("src").full_path
         with mock.patch.dict(os.environ, {"BUILD_WORKSPACE_DIRECTORY": src}):
-            with self.assertRaisesRegex(ValueError, "--output_dir=.*source"):
+            with self.assertRaisesRegex(ValueError, "--output=.*source"):
                 cli.run_component(
                     _Mark(), {}, _MarkConfig(), f"{src}/o", ["marked"]
                 )
@@ -119,6 +119,45 @@ class _Mark(base.Component):
         with open(os.path.join(outputs["marked"].uri, "mark.txt"), "w") as f:
             f.write(config.text)
         outputs["marked"].properties["chars"] = len(config.text)
+
+    def test_set_flags_parse_and_name_the_flag(self):
+        self.assertEqual(
+            cli.parse_set_flags(["a.b=1", "c=x=y", "a.b=2"]),
+            {"a.b": "2", "c": "x=y"},
+        )
+        with self.assertRaisesRegex(ValueError, "--set='a.b'"):
+            cli.parse_set_flags(["a.b"])
+
+    def test_old_flag_spellings_move_over_and_say_what_to_use(self):
+        fv = flags.FlagValues()
+        flags.DEFINE_string("output", "", "new", flag_values=fv)
+        flags.DEFINE_multi_string("set", [], "new", flag_values=fv)
+        flags.DEFINE_string("label", "", "new", flag_values=fv)
+        cli.define_renamed_flag("output_dir", "output", flag_values=fv)
+        cli.define_renamed_flag("config_override", "set", flag_values=fv)
+        cli.define_renamed_flag("name", "label", flag_values=fv)
+        fv(
+            [
+                "prog",
+                "--output_dir=/tmp/o",
+                "--set=a=1",
+                "--config_override=b=2",
+                "--label=new",
+                "--name=old",
+            ]
+        )
+        messages = []
+        cli.apply_renamed_flags(fv, warn=messages.append)
+        self.assertEqual(fv.output, "/tmp/o")
+        self.assertEqual(fv.set, ["a=1", "b=2"])
+        self.assertEqual(fv.label, "new")  # The new spelling wins.
+        self.assertIn(
+            "--output_dir is an old spelling; use --output instead.", messages
+        )
+        self.assertIn(
+            "--config_override is an old spelling; use --set instead.",
+            messages,
+        )
 
 
 if __name__ == "__main__":

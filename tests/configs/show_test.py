@@ -24,9 +24,7 @@ class ShowTest(tf.test.TestCase):
     def test_bad_override_names_the_field(self):
         with self.assertRaisesRegex(ValueError, "no_such_field"):
             show.render("tiny", ["model.no_such_field=1"])
-        with flagsaver.flagsaver(
-            config="tiny", config_override=["model.no_such_field=1"]
-        ):
+        with flagsaver.flagsaver(config="tiny", set=["model.no_such_field=1"]):
             with self.assertRaisesRegex(app.UsageError, "no_such_field"):
                 show.main(["show"])
 

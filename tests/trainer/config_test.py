@@ -173,6 +173,37 @@ class OverridesTest(tf.test.TestCase):
         )
         self.assertEqual(main_lib.load_config(path, {}), config)
 
+    def test_one_loader_for_recipes_preset_stages_and_files(self):
+        self.assertEqual(
+            config_lib.load("pretrain_i21k"),
+            configs.get_config("pretrain_i21k"),
+        )
+        stage = config_lib.load(
+            "i21k_to_i1k.finetune", {"model.variant": "coatnet-3"}
+        )
+        self.assertEqual(stage.model.image_size, 384)
+        self.assertEqual(stage.finetune.head_rows, "match")
+        self.assertEqual(stage.model.variant, "coatnet-3")
+        # A preset stage's per-variant values (JFT: lr 5e-4 for C-4).
+        jft = config_lib.load("jft_to_i1k.pretrain", {})
+        self.assertEqual(jft.optimizer.learning_rate, 1e-3)
+        path = os.path.join(self.create_tempdir().full_path, "c.json")
+        with open(path, "w") as f:
+            json.dump({"base": "i21k_to_i1k.finetune", "batch_size": 512}, f)
+        from_file = config_lib.load(path, {"train_epochs": "10"})
+        self.assertEqual(from_file.finetune.head_rows, "match")
+        self.assertEqual(
+            (from_file.batch_size, from_file.train_epochs), (512, 10.0)
+        )
+        with open(path, "w") as f:
+            json.dump({"base": "i21k_to_i1k.evaluate"}, f)
+        with self.assertRaisesRegex(ValueError, "no 'evaluate' stage"):
+            config_lib.load(path)
+        with self.assertRaisesRegex(ValueError, "Unknown base 'pretrain_i2k'"):
+            config_lib.load("pretrain_i2k")
+        with self.assertRaisesRegex(ValueError, "neither a recipe"):
+            config_lib.load(path + ".missing.json")
+
 
 if __name__ == "__main__":
     tf.test.main()
