@@ -185,7 +185,6 @@ def build_local_pipeline(
                     task = factories[node.id](**kwargs)
             else:
                 task = factories[node.id](**kwargs)
-            task.set_display_name(node.id)
             tasks[node.id] = task
 
     return dsl.pipeline(name=kfp_compile.pipeline_name(config, job))(define)
