@@ -44,7 +44,17 @@ def node_id(component: str, stage: str) -> str:
     return f"{component}.{stage}"
 
 
-# Resolvers over the ledger.
+# Resolvers over the ledger. Each carries `spec`, a JSON description that
+# `resolver_from_spec` turns back into the resolver, so a compiled pipeline
+# step (pipeline/kfp_step.py) resolves the same input at run time.
+
+
+def _described(resolve: dag.Resolver, name: str, *args) -> dag.Resolver:
+    resolve.spec = {
+        "resolver": name,
+        "args": [getattr(a, "spec", a) for a in args],
+    }
+    return resolve
 
 
 def latest_model(stage: str) -> dag.Resolver:
@@ -54,7 +64,7 @@ def latest_model(stage: str) -> dag.Resolver:
         found = _outputs_of(store, node_id("Trainer", stage), "model")
         return found[-1] if found else None
 
-    return resolve
+    return _described(resolve, "latest_model", stage)
 
 
 def latest_blessed_model(*stages: str) -> dag.Resolver:
@@ -76,7 +86,7 @@ def latest_blessed_model(*stages: str) -> dag.Resolver:
                 blessed = execution.inputs["model"]
         return blessed
 
-    return resolve
+    return _described(resolve, "latest_blessed_model", *stages)
 
 
 def pushed_model(model_name: str) -> dag.Resolver:
@@ -97,7 +107,7 @@ def pushed_model(model_name: str) -> dag.Resolver:
                 current = execution.inputs["model"]
         return current
 
-    return resolve
+    return _described(resolve, "pushed_model", model_name)
 
 
 def first_of(*resolvers: dag.Resolver) -> dag.Resolver:
@@ -110,7 +120,38 @@ def first_of(*resolvers: dag.Resolver) -> dag.Resolver:
                 return artifact
         return None
 
-    return resolve
+    return _described(resolve, "first_of", *resolvers)
+
+
+def resolver_from_spec(spec: dict) -> dag.Resolver:
+    """The resolver a `spec` (a resolver's `.spec`) describes.
+
+    Args:
+      spec: {"resolver": name, "args": [...]}; an arg that is a dict is
+        itself a resolver spec.
+
+    Returns:
+      The resolver.
+
+    Raises:
+      ValueError: an unknown resolver name.
+    """
+    factories = {
+        "latest_model": latest_model,
+        "latest_blessed_model": latest_blessed_model,
+        "pushed_model": pushed_model,
+        "first_of": first_of,
+    }
+    name = spec.get("resolver")
+    if name not in factories:
+        raise ValueError(
+            f"Unknown resolver {name!r}; expected one of {sorted(factories)}."
+        )
+    args = [
+        resolver_from_spec(a) if isinstance(a, dict) else a
+        for a in spec.get("args", ())
+    ]
+    return factories[name](*args)
 
 
 def _outputs_of(
