@@ -193,3 +193,20 @@ def check(config: PipelineConfig) -> None:
                 part.validate()
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from e
+
+
+def stage_names(config: PipelineConfig, job: str) -> list[str]:
+    """The training stages `job` runs under `config`.
+
+    Args:
+      config: the resolved pipeline config.
+      job: pretrain, finetune or retrain.
+
+    Returns:
+      The stage names ("pretrain", "finetune") in the order they run.
+    """
+    if job == "finetune":
+        return ["finetune"]
+    if job == "retrain":
+        return ["finetune"] if config.run_finetune else ["pretrain"]
+    return ["pretrain", "finetune"] if config.run_finetune else ["pretrain"]

@@ -213,15 +213,6 @@ def main_for(job: str) -> Callable[[list[str]], None]:
     return main
 
 
-def stage_names(config: config_lib.PipelineConfig, job: str) -> list[str]:
-    """The training stages `job` runs under `config`."""
-    if job == "finetune":
-        return ["finetune"]
-    if job == "retrain":
-        return ["finetune"] if config.run_finetune else ["pretrain"]
-    return ["pretrain", "finetune"] if config.run_finetune else ["pretrain"]
-
-
 def _with_gates(config, floor: float | None, margin: float | None):
     """The served stage's gates with --bless_floor / --bless_margin set.
 

@@ -26,6 +26,7 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import tpu_topologies  # noqa: E402
+from pipeline import config as config_lib  # noqa: E402
 from pipeline import flags_lib, plan_checks, plan_lib  # noqa: E402
 
 flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
@@ -66,7 +67,7 @@ def main(argv):
                 FLAGS.expected_examples, "expected_examples"
             ).items()
         }
-        stages = flags_lib.stage_names(config, FLAGS.job)
+        stages = config_lib.stage_names(config, FLAGS.job)
         found = plan_checks.missing_required(config) + plan_checks.problems(
             config,
             stages,

@@ -139,10 +139,8 @@ def refuse(config: config_lib.PipelineConfig, job: str) -> None:
     Raises:
       ValueError: naming both settings in conflict.
     """
-    from pipeline import flags_lib
-
     found = missing_required(config) + problems(
-        config, flags_lib.stage_names(config, job)
+        config, config_lib.stage_names(config, job)
     )
     if found:
         raise ValueError("\n".join(found))
