@@ -149,6 +149,18 @@ def define_renamed_flag(
     _RENAMED[old] = new
 
 
+def forget_renamed_flag(name: str) -> None:
+    """Drops `--name` from the aliases (its flag was removed or redefined).
+
+    Args:
+      name: an old spelling, or a new name whose aliases go too.
+    """
+    _RENAMED.pop(name, None)
+    for old, new in list(_RENAMED.items()):
+        if new == name:
+            del _RENAMED[old]
+
+
 def apply_renamed_flags(
     flag_values: flags.FlagValues = flags.FLAGS,
     warn: Any = None,

@@ -1,6 +1,6 @@
 r"""Compiles a pipeline for Kubeflow Pipelines / Vertex AI Pipelines.
 
-    bazel run //pipeline:compile -- --job=retrain \
+    bazel run //pipeline:compile -- --job=retrain --preset=i21k_to_i1k \
       --pipeline_root=gs://my-bucket/coatnet --input=gs://my-bucket/data/... \
       --image=us-docker.pkg.dev/my-project/coatnet/pipeline:latest \
       --output=retrain.yaml
@@ -17,6 +17,9 @@ Exit codes: 0 written, 2 bad flags or config.
 import dataclasses
 import os
 
+from pipeline import console
+
+console.quiet_unless_verbose()
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from absl import app, flags, logging  # noqa: E402
@@ -26,6 +29,8 @@ from pipeline import config as config_lib  # noqa: E402
 from pipeline import flags_lib, kfp_compile, pipelines, runner  # noqa: E402
 
 FLAGS = flags.FLAGS
+# --output is the spec; the pipeline root, a parameter of it, is named so.
+flags_lib.use_root_flag("pipeline_root")
 flags.DEFINE_enum("job", "pretrain", list(runner.JOBS), "The DAG to compile.")
 flags.DEFINE_string("output", "", "The YAML spec to write (local or gs://).")
 flags.DEFINE_string(

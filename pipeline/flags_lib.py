@@ -73,6 +73,31 @@ flags.DEFINE_float(
     "still blesses (e.g. 0.005); default: the preset's.",
 )
 cli.define_renamed_flag("pipeline_root", "output")
+# The flag naming the pipeline root: --output, except in a binary whose
+# --output is something else (`use_root_flag`).
+_root_flag = "output"
+
+
+def use_root_flag(name: str) -> None:
+    """Names the pipeline root `--<name>` instead of `--output`.
+
+    For //pipeline:compile, whose `--output` is the spec it writes while
+    the pipeline root is a parameter of that spec. Call it at import time,
+    before flags are parsed.
+
+    Args:
+      name: the flag that takes the pipeline root.
+    """
+    global _root_flag
+    for old in ("output", "pipeline_root"):
+        if old in FLAGS:
+            delattr(FLAGS, old)
+        cli.forget_renamed_flag(old)
+    flags.DEFINE_string(
+        name, "", "Pipeline root: artifacts, ledger and reports (or gs://)."
+    )
+    _root_flag = name
+
 
 # The first-class flags and the dotted fields they set.
 _PATH_FLAGS = {
@@ -120,7 +145,7 @@ def overrides_from_flags() -> dict[str, Any]:
     overrides.update(cli.parse_set_flags(FLAGS.set))
     overrides["enable_cache"] = FLAGS.cache
     for flag, field in (
-        ("output", "pipeline_root"),
+        (_root_flag, "pipeline_root"),
         ("serving_base", "serving_base"),
     ):
         if FLAGS[flag].value:
@@ -180,7 +205,7 @@ def config_from_flags() -> config_lib.PipelineConfig:
     config = _with_gates(config, FLAGS.bless_floor, FLAGS.bless_margin)
     config_lib.check(config)
     if "://" not in config.root:
-        cli.check_output_location(config.root, "output")
+        cli.check_output_location(config.root, _root_flag)
     return config
 
 

@@ -19,10 +19,15 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 _ROOT = "gs://coatnet-example/pipelines/coatnet-demo"
 _INPUT = "gs://coatnet-example/data/digits/span-{SPAN}"
 _IMAGE = "us-docker.pkg.dev/my-project/coatnet/pipeline:latest"
-# The flags that wrote docs/kfp/demo-<job>.yaml (see docs/kfp/README.md).
+# The flags that wrote docs/kfp/i21k_to_i1k-<job>.yaml: the paper's main
+# path, CoAtNet-2 on TPU (see docs/kfp/README.md).
 _EXAMPLE_FLAGS = (
-    f"--pipeline_root={_ROOT}",
-    f"--input={_INPUT}",
+    "--preset=i21k_to_i1k",
+    "--variant=coatnet-2",
+    "--pipeline_root=gs://coatnet-example/pipelines/coatnet2",
+    "--input=gs://coatnet-example/i21k/{SPAN}",
+    "--finetune_input=gs://coatnet-example/i1k/train",
+    "--set=finetune_data.validation_input=gs://coatnet-example/i1k/val",
     f"--image={_IMAGE}",
     "--strategy=tpu",
     "--tpu=local",
@@ -210,7 +215,7 @@ class KfpCompileTest(parameterized.TestCase):
 
     @parameterized.parameters(*runner.JOBS)
     def test_checked_in_example_is_reproduced(self, job):
-        path = os.path.join(_REPO, "docs", "kfp", f"demo-{job}.yaml")
+        path = os.path.join(_REPO, "docs", "kfp", f"i21k_to_i1k-{job}.yaml")
         out = os.path.join(self.create_tempdir().full_path, "spec.yaml")
         subprocess.run(
             [
