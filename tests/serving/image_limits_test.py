@@ -9,7 +9,6 @@ preprocessing.
 import io
 import os
 import struct
-import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -20,50 +19,6 @@ from components.exporter import image_limits, serving_model
 from tests.serving import testutil
 
 LABELS = ["a", "b", "c"]
-
-
-def png_bomb(side: int = 20000) -> bytes:
-    """A 1-bit grayscale PNG of side x side zeros (~60 KB at 20000)."""
-
-    def chunk(kind, data):
-        body = kind + data
-        return (
-            struct.pack(">I", len(data))
-            + body
-            + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-        )
-
-    row = b"\0" * (1 + (side + 7) // 8)  # Filter byte + packed bits.
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side))
-    data += compressor.flush()
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-        + chunk(b"IDAT", data)
-        + chunk(b"IEND", b"")
-    )
-
-
-def jpeg_bomb() -> bytes:
-    """A valid small JPEG whose SOF0 is patched to 60000 x 60000."""
-    small = bytearray(tf.io.encode_jpeg(np.zeros([8, 8, 3], np.uint8)).numpy())
-    sof = small.index(b"\xff\xc0")
-    small[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
-    return bytes(small)
-
-
-def gif_bomb() -> bytes:
-    """A 1 x 1 screen whose one frame declares 65535 x 65535 pixels."""
-    return (
-        b"GIF89a"
-        + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0)
-        + b"\0\0\0\xff\xff\xff"  # Global colour table, 2 entries.
-        + b"\x2c"
-        + struct.pack("<HHHHB", 0, 0, 65535, 65535, 0)
-        + b"\x02\x02\x4c\x01\x00"  # LZW code size, one sub-block, end.
-        + b"\x3b"
-    )
 
 
 def encoded(fmt: str, height: int = 37, width: int = 53, **kw) -> bytes:
@@ -114,11 +69,11 @@ class ImagePixelsTest(tf.test.TestCase):
         # Frames differ everywhere, so each is stored full size.
         data = gif_frames([(40, 30)] * 3)
         self.assertEqual(self.pixels(data), 3 * 40 * 30)
-        self.assertEqual(self.pixels(gif_bomb()), 65535 * 65535)
+        self.assertEqual(self.pixels(testutil.gif_bomb()), 65535 * 65535)
 
     def test_bombs_and_unknown_formats(self):
-        self.assertEqual(self.pixels(png_bomb()), 20000 * 20000)
-        self.assertEqual(self.pixels(jpeg_bomb()), 60000 * 60000)
+        self.assertEqual(self.pixels(testutil.png_bomb()), 20000 * 20000)
+        self.assertEqual(self.pixels(testutil.jpeg_bomb()), 60000 * 60000)
         bmp = bytearray(encoded("BMP"))
         bmp[18:26] = struct.pack("<ii", 30000, -30000)  # Top-down.
         self.assertEqual(self.pixels(bytes(bmp)), 30000 * 30000)
@@ -153,13 +108,13 @@ class ServingLimitsTest(tf.test.TestCase):
         return str(caught.exception)
 
     def test_bombs_are_refused_before_decoding(self):
-        bomb = png_bomb()
+        bomb = testutil.png_bomb()
         self.assertLess(len(bomb), 100_000)
         good = testutil.class_image(0, 0)
         for data in (
             bomb,
-            jpeg_bomb(),
-            gif_bomb(),
+            testutil.jpeg_bomb(),
+            testutil.gif_bomb(),
             encoded("PNG", 1001, 1000),
         ):
             message = self.refused(
