@@ -117,6 +117,8 @@ class Exporter(base.Component):
             and not blessing_lib.is_blessed(blessing)
         ):
             exported.properties["exported"] = 0
+            # Lets the Pusher match this artifact to its blessing.
+            exported.properties["source_model"] = inputs["model"].uri
             infra_validation.write_infra_blessing(
                 infra, False, f"Not exported: {blessing.uri} is not blessed."
             )
