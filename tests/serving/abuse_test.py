@@ -205,6 +205,13 @@ class AbuseTest(tf.test.TestCase):
                 lambda r=request: self.stub.Predict(r, timeout=60)
             )
             self.assertIn("1 values in string_val", details)
+        # Many empty strings: 2 bytes each on the wire, ~70 in memory.
+        many = _string_request([b""] * 1_000_000)
+        self.assertLess(many.ByteSize(), MESSAGE_BYTES)
+        details = self.assert_refused(
+            lambda: self.stub.Predict(many, timeout=60)
+        )
+        self.assertIn("at most 65536", details)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = NAME
         request.model_spec.signature_name = "image_tensor"
@@ -281,6 +288,15 @@ class AbuseTest(tf.test.TestCase):
                 serialized
             )
         self.assert_refused(lambda: self.stub.Classify(request, timeout=120))
+        empty = classification_pb2.ClassificationRequest()
+        empty.model_spec.name = NAME
+        empty.model_spec.signature_name = "classify"
+        for _ in range(1_000_000):
+            empty.input.example_list.examples.add()
+        details = self.assert_refused(
+            lambda: self.stub.Classify(empty, timeout=120)
+        )
+        self.assertIn("at most 65536", details)
         self.assert_healthy()
 
     def test_oversized_messages_are_resource_exhausted(self):
