@@ -15,7 +15,8 @@ are recognised by the same signatures `decode_image` sniffs:
                        before the first is returned, so the largest frame
                        and the sum over frames are both bounded
   BMP   'BM'           BITMAPINFOHEADER width and |height|
-  WebP  'RIFF'..'WEBP' VP8 / VP8L / VP8X canvas size
+  WebP  'RIFF'..'WEBP' VP8 / VP8L / VP8X canvas size; animated WebP is
+                       refused (its frames are not scanned)
 
 Anything else is refused. Failed checks raise `InvalidArgumentError`,
 which TF Serving returns as INVALID_ARGUMENT; the batch size is checked
@@ -97,10 +98,18 @@ def _webp(data, length):
         lossy_w,
         tf.where(tf.equal(chunk, b"VP8L"), lossless_w, canvas_w),
     )
-    known = tf.reduce_any(
-        tf.equal(chunk, tf.constant([b"VP8 ", b"VP8L", b"VP8X"]))
+    # An animated VP8X (flag 0x02) is refused: its frames are not
+    # scanned, and the decoder may decode them all.
+    animated = tf.logical_and(
+        tf.equal(chunk, b"VP8X"), tf.bitwise.bitwise_and(raw[8], 0x02) > 0
     )
-    return tf.where(known, height, -1), tf.where(known, width, -1)
+    known = tf.logical_and(
+        tf.reduce_any(
+            tf.equal(chunk, tf.constant([b"VP8 ", b"VP8L", b"VP8X"]))
+        ),
+        tf.logical_not(animated),
+    )
+    return height, width, known
 
 
 def _gif(data, length):
@@ -199,8 +208,10 @@ def image_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
         return product(_bmp(data, length))
 
     def webp():
+        height, width, known = _webp(data, length)
         is_webp = tf.equal(tf.strings.substr(data, 8, 4), b"WEBP")
-        return tf.where(is_webp, product(_webp(data, length)), -1)
+        known = tf.logical_and(is_webp, known)
+        return tf.where(known, product((height, width)), -1)
 
     return tf.case(
         [

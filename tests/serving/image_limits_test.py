@@ -77,7 +77,12 @@ class ImagePixelsTest(tf.test.TestCase):
         bmp = bytearray(encoded("BMP"))
         bmp[18:26] = struct.pack("<ii", 30000, -30000)  # Top-down.
         self.assertEqual(self.pixels(bytes(bmp)), 30000 * 30000)
-        for junk in (b"", b"hello", b"RIFF\0\0\0\0WEBPVP8Z", b"GIF8"):
+        frames = [Image.new("RGB", (20, 10), c) for c in ("red", "blue")]
+        buf = io.BytesIO()
+        frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:])
+        self.assertEqual(self.pixels(buf.getvalue()), -1)  # Animated.
+        unknown_chunk = b"RIFF\0\0\0\0WEBPVP8Z" + b"\0" * 20
+        for junk in (b"", b"hello", unknown_chunk, b"GIF8"):
             self.assertEqual(self.pixels(junk), -1, junk)
 
 
