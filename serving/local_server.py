@@ -148,9 +148,9 @@ _METHODS = {
 def _parsing_handler(method, request_type, response_type):
     """A unary handler that parses the request itself.
 
-    gRPC's generated handlers answer an unparsable request with INTERNAL;
-    a malformed message is the client's error, so it gets
-    INVALID_ARGUMENT, as TF Serving returns.
+    gRPC's generated handlers answer an unparsable request with INTERNAL,
+    which reads as a server fault; a malformed message is the client's
+    error, so it gets INVALID_ARGUMENT.
     """
 
     def behavior(data, context):
