@@ -13,6 +13,14 @@ the real server), no REST API, and a version that fails to load is not
 retried. Errors carry TF Serving's status codes: bad image bytes give
 INVALID_ARGUMENT (the server keeps serving), an unknown model or version
 NOT_FOUND, an unknown signature FAILED_PRECONDITION.
+
+Bounds against hostile clients: requests over `max_message_bytes` are
+refused by gRPC (RESOURCE_EXHAUSTED); at most `max_workers` calls run and
+`max_concurrent_rpcs` are admitted, the rest get RESOURCE_EXHAUSTED; a
+request that does not parse, or a tensor whose values do not match its
+declared shape (`servables.check_payload`), gets INVALID_ARGUMENT before
+anything is expanded. Unlike TF Serving, a TensorProto is never filled by
+repeating its last value.
 """
 
 from __future__ import annotations
@@ -24,17 +32,21 @@ from concurrent import futures
 import grpc
 from absl import logging
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
+    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
 from serving import servables
 
-# TF Serving accepts messages up to 2 GB; gRPC's default receive limit is
-# 4 MB, too small for a batch of full-size JPEGs.
-MAX_MESSAGE_BYTES = 2**31 - 1
+# gRPC's default receive limit of 4 MB is too small for a batch of
+# full-size JPEGs; TF Serving's 2 GB lets one request pin 2 GB per call.
+MAX_MESSAGE_BYTES = 64 << 20
+MAX_WORKERS = 4
+MAX_CONCURRENT_RPCS = 16
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -111,6 +123,70 @@ def _serve(context, handler):
         context.abort(e.code, e.message)
 
 
+# The methods served, with their request and response messages.
+_METHODS = {
+    "tensorflow.serving.PredictionService": {
+        "Predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+        "Classify": (
+            classification_pb2.ClassificationRequest,
+            classification_pb2.ClassificationResponse,
+        ),
+        "GetModelMetadata": (
+            get_model_metadata_pb2.GetModelMetadataRequest,
+            get_model_metadata_pb2.GetModelMetadataResponse,
+        ),
+    },
+    "tensorflow.serving.ModelService": {
+        "GetModelStatus": (
+            get_model_status_pb2.GetModelStatusRequest,
+            get_model_status_pb2.GetModelStatusResponse,
+        ),
+    },
+}
+
+
+def _parsing_handler(method, request_type, response_type):
+    """A unary handler that parses the request itself.
+
+    gRPC's generated handlers answer an unparsable request with INTERNAL,
+    which reads as a server fault; a malformed message is the client's
+    error, so it gets INVALID_ARGUMENT.
+    """
+
+    def behavior(data, context):
+        try:
+            request = request_type.FromString(data)
+        except Exception as e:  # DecodeError, recursion limit, bad UTF-8.
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Could not parse the {request_type.DESCRIPTOR.name}: {e}",
+            )
+        return method(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=None,
+        response_serializer=response_type.SerializeToString,
+    )
+
+
+def _handlers(servicers: dict) -> list:
+    """Generic handlers for `_METHODS` on the given servicers."""
+    out = []
+    for service, methods in _METHODS.items():
+        servicer = servicers[service]
+        out.append(
+            grpc.method_handlers_generic_handler(
+                service,
+                {
+                    name: _parsing_handler(getattr(servicer, name), *types)
+                    for name, types in methods.items()
+                },
+            )
+        )
+    return out
+
+
 class LocalServer:
     """A PredictionService + ModelService on one port.
 
@@ -122,7 +198,9 @@ class LocalServer:
         sources: Sequence[servables.ModelSource],
         host: str = "localhost",
         port: int = 0,
-        max_workers: int = 8,
+        max_workers: int = MAX_WORKERS,
+        max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         warmup: bool = True,
         poll_seconds: float = 0.0,
         server_credentials: grpc.ServerCredentials | None = None,
@@ -133,7 +211,11 @@ class LocalServer:
           sources: the models to serve.
           host: interface to bind ("localhost" for loopback only).
           port: TCP port; 0 picks a free one (see `port` after start).
-          max_workers: request threads.
+          max_workers: request threads: calls running at once.
+          max_concurrent_rpcs: calls admitted (running or queued); more
+            get RESOURCE_EXHAUSTED.
+          max_message_bytes: the largest request accepted (and response
+            sent); larger ones get RESOURCE_EXHAUSTED.
           warmup: replay each version's warmup requests on load.
           poll_seconds: rescan the base paths this often for new or removed
             versions (0: only at start and on `refresh()`).
@@ -143,6 +225,8 @@ class LocalServer:
         self._host = host
         self._requested_port = port
         self._max_workers = max_workers
+        self._max_concurrent_rpcs = max(max_concurrent_rpcs, max_workers)
+        self._max_message_bytes = max_message_bytes
         self._poll_seconds = poll_seconds
         self._credentials = server_credentials
         self._server = None
@@ -159,16 +243,21 @@ class LocalServer:
         self.manager.refresh()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._max_workers),
+            handlers=_handlers(
+                {
+                    "tensorflow.serving.PredictionService": (
+                        PredictionServicer(self.manager)
+                    ),
+                    "tensorflow.serving.ModelService": ModelServicer(
+                        self.manager
+                    ),
+                }
+            ),
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", self._max_message_bytes),
+                ("grpc.max_send_message_length", self._max_message_bytes),
             ],
-        )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.manager), self._server
-        )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.manager), self._server
+            maximum_concurrent_rpcs=self._max_concurrent_rpcs,
         )
         target = f"{self._host}:{self._requested_port}"
         if self._credentials is None:

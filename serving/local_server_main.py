@@ -36,6 +36,21 @@ _POLL = flags.DEFINE_float(
 _WARMUP = flags.DEFINE_bool(
     "enable_model_warmup", True, "Replay assets.extra warmup requests."
 )
+_THREADS = flags.DEFINE_integer(
+    "grpc_max_threads",
+    local_server.MAX_WORKERS,
+    "Calls served at once (TF Serving's flag of the same name).",
+)
+_CONCURRENT = flags.DEFINE_integer(
+    "max_concurrent_rpcs",
+    local_server.MAX_CONCURRENT_RPCS,
+    "Calls admitted, running or queued; beyond: RESOURCE_EXHAUSTED.",
+)
+_MESSAGE = flags.DEFINE_integer(
+    "max_message_bytes",
+    local_server.MAX_MESSAGE_BYTES,
+    "Largest request accepted; beyond: RESOURCE_EXHAUSTED.",
+)
 _CERT = flags.DEFINE_string("ssl_cert_file", "", "Server certificate (PEM).")
 _KEY = flags.DEFINE_string("ssl_key_file", "", "Server private key (PEM).")
 _CLIENT_CA = flags.DEFINE_string(
@@ -68,6 +83,9 @@ def main(argv):
         sources_from_flags(),
         host=_HOST.value,
         port=_PORT.value,
+        max_workers=_THREADS.value,
+        max_concurrent_rpcs=_CONCURRENT.value,
+        max_message_bytes=_MESSAGE.value,
         warmup=_WARMUP.value,
         poll_seconds=_POLL.value,
         server_credentials=credentials,

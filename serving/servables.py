@@ -35,6 +35,10 @@ from artifacts import model_store
 
 State = get_model_status_pb2.ModelVersionStatus.State
 DEFAULT_SIGNATURE = "serving_default"
+# Strings (and Classify examples) per request. Each costs ~2 bytes on the
+# wire but ~70 in Python and TF, so a 64 MB message of empty strings would
+# otherwise take gigabytes; far above any model's batch limit.
+MAX_STRING_ELEMENTS = 1 << 16
 
 
 class RequestError(Exception):
@@ -159,7 +163,11 @@ class ModelManager:
         return list(self._sources)
 
     def refresh(self) -> None:
-        """Loads new wanted versions, then unloads unwanted ones."""
+        """Loads new wanted versions, then unloads unwanted ones.
+
+        Unwanted versions are unloaded only when a wanted version is
+        AVAILABLE, so a broken push never takes the model offline.
+        """
         with self._refresh_lock:
             for name, source in self._sources.items():
                 self._refresh_model(name, source)
@@ -182,6 +190,24 @@ class ModelManager:
                 with self._lock:
                     current[version] = servable
                 self._load(servable)
+        # TF Serving's availability-preserving policy: an old version is
+        # unloaded only once a wanted one is AVAILABLE (loaded and warmed
+        # up), so a new version that fails to load leaves the old serving.
+        with self._lock:
+            replaced = any(
+                current[v].state == State.AVAILABLE
+                for v in wanted
+                if v in current
+            )
+        if not replaced:
+            if any(s.state == State.AVAILABLE for s in current.values()):
+                logging.warning(
+                    "No wanted version of %s is available (%s); the "
+                    "loaded ones keep serving.",
+                    name,
+                    wanted,
+                )
+            return
         for version, servable in list(current.items()):
             if version not in wanted and servable.state == State.AVAILABLE:
                 with self._lock:
@@ -309,15 +335,117 @@ def _input_tensors(servable: Servable, signature: str, tensors) -> dict:
     out = {}
     for key, proto in tensors.items():
         want = tf.dtypes.as_dtype(sig.inputs[key].dtype)
-        got = tf.dtypes.as_dtype(proto.dtype)
+        got = _dtype(key, proto)
         if want != got:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"Expects input {key!r} to be {want.name} but "
                 f"{got.name} is provided.",
             )
-        out[key] = tf.constant(tf.make_ndarray(proto), dtype=want)
+        check_payload(key, proto)
+        try:
+            out[key] = tf.constant(tf.make_ndarray(proto), dtype=want)
+        except Exception as e:  # Any malformed tensor is the client's.
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Input {key!r} is not a valid {want.name} tensor: "
+                f"{type(e).__name__}: {e}",
+            ) from e
     return out
+
+
+# The repeated field holding each dtype's values, and values per element.
+_VALUE_FIELDS = {
+    tf.float32: ("float_val", 1),
+    tf.float64: ("double_val", 1),
+    tf.int32: ("int_val", 1),
+    tf.int16: ("int_val", 1),
+    tf.int8: ("int_val", 1),
+    tf.uint8: ("int_val", 1),
+    tf.uint16: ("int_val", 1),
+    tf.int64: ("int64_val", 1),
+    tf.uint32: ("uint32_val", 1),
+    tf.uint64: ("uint64_val", 1),
+    tf.bool: ("bool_val", 1),
+    tf.string: ("string_val", 1),
+    tf.float16: ("half_val", 1),
+    tf.bfloat16: ("half_val", 1),
+    tf.complex64: ("scomplex_val", 2),
+    tf.complex128: ("dcomplex_val", 2),
+}
+
+
+def _dtype(key: str, proto) -> tf.dtypes.DType:
+    try:
+        return tf.dtypes.as_dtype(proto.dtype)
+    except TypeError as e:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Input {key!r} has an unknown dtype enum {proto.dtype}.",
+        ) from e
+
+
+def check_payload(key: str, proto) -> None:
+    """Refuses a TensorProto whose shape and values disagree.
+
+    TensorFlow's own conversion repeats the last value to fill a declared
+    shape, so a few hundred bytes declaring [5000000] expand to gigabytes.
+    Here the payload must hold exactly one value per declared element
+    (or `tensor_content` of exactly elements * itemsize bytes), which
+    bounds every expanded tensor by the message size.
+
+    Args:
+      key: the input's name, for the message.
+      proto: a TensorProto.
+
+    Raises:
+      RequestError: INVALID_ARGUMENT.
+    """
+
+    def refuse(why):
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"Input {key!r}: {why}"
+        )
+
+    dtype = _dtype(key, proto)
+    if proto.tensor_shape.unknown_rank:
+        refuse("the tensor shape has unknown rank.")
+    elements = 1
+    for dim in proto.tensor_shape.dim:
+        if dim.size < 0:
+            refuse(f"negative dimension {dim.size} in the shape.")
+        elements *= dim.size
+        if elements > 2**40:
+            refuse("the declared shape is absurdly large.")
+    if dtype not in _VALUE_FIELDS:
+        refuse(f"dtype {dtype.name} is not accepted in requests.")
+    field, per_element = _VALUE_FIELDS[dtype]
+    if proto.tensor_content:
+        if dtype == tf.string:
+            refuse("string tensors cannot use tensor_content.")
+        want = elements * dtype.size
+        if len(proto.tensor_content) != want:
+            refuse(
+                f"tensor_content has {len(proto.tensor_content)} bytes; the "
+                f"shape {_shape(proto)} of {dtype.name} needs {want}."
+            )
+        if len(getattr(proto, field)):
+            refuse(f"both tensor_content and {field} are set.")
+        return
+    count = len(getattr(proto, field))
+    if count != elements * per_element:
+        refuse(
+            f"{count} values in {field} for shape {_shape(proto)} "
+            f"({elements} elements); send every element's value."
+        )
+    if dtype == tf.string and elements > MAX_STRING_ELEMENTS:
+        refuse(
+            f"{elements} strings; at most {MAX_STRING_ELEMENTS} per request."
+        )
+
+
+def _shape(proto) -> list[int]:
+    return [d.size for d in proto.tensor_shape.dim]
 
 
 def _call(servable: Servable, signature: str, inputs: dict) -> dict:
@@ -331,6 +459,10 @@ def _call(servable: Servable, signature: str, inputs: dict) -> dict:
         raise RequestError(code, e.message) from e
     except (TypeError, ValueError) as e:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+    except MemoryError as e:
+        raise RequestError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "Out of memory."
+        ) from e
     return {k: v.numpy() for k, v in outputs.items()}
 
 
@@ -358,6 +490,13 @@ def classify(servable: Servable, request):
     """Serves a ClassificationRequest through an `inputs` signature."""
     signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
     which = request.input.WhichOneof("kind")
+    if which:
+        count = len(getattr(request.input, which).examples)
+        if count > MAX_STRING_ELEMENTS:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{count} examples; at most {MAX_STRING_ELEMENTS} per request.",
+            )
     if which == "example_list":
         examples = [
             e.SerializeToString() for e in request.input.example_list.examples

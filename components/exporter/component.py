@@ -36,7 +36,7 @@ from artifacts import examples as examples_lib
 from artifacts import model as model_io
 from artifacts import model_store
 from components import base
-from components.exporter import infra_validation, serving_model
+from components.exporter import image_limits, infra_validation, serving_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,9 @@ class ExporterConfig:
       infra_validate: run infra-validation (else INFRA_NOT_BLESSED).
       infra_timeout_seconds: for the server to start, load and warm up.
       infra_atol: score tolerance against the in-memory model.
+      max_image_pixels: the exported signatures refuse an image whose
+        header declares more pixels (height * width), before decoding.
+      max_batch_size: they refuse a request of more inputs than this.
     """
 
     model_name: str = "coatnet"
@@ -63,12 +66,24 @@ class ExporterConfig:
     infra_validate: bool = True
     infra_timeout_seconds: float = 300.0
     infra_atol: float = infra_validation.DEFAULT_ATOL
+    max_image_pixels: int = image_limits.DEFAULT_MAX_IMAGE_PIXELS
+    max_batch_size: int = image_limits.DEFAULT_MAX_BATCH_SIZE
 
     def __post_init__(self):
         if not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
             raise ValueError("warmup_batch_sizes must be positive sizes.")
         if self.top_k < 1:
             raise ValueError("top_k must be at least 1.")
+        if self.max_image_pixels < 1 or self.max_batch_size < 1:
+            raise ValueError(
+                "max_image_pixels and max_batch_size must be positive, got "
+                f"{self.max_image_pixels} and {self.max_batch_size}."
+            )
+        if max(self.warmup_batch_sizes) > self.max_batch_size:
+            raise ValueError(
+                f"warmup_batch_sizes {self.warmup_batch_sizes} exceed "
+                f"max_batch_size {self.max_batch_size}."
+            )
 
 
 class Exporter(base.Component):
@@ -103,6 +118,8 @@ class Exporter(base.Component):
             and not blessing_lib.is_blessed(blessing, blessing_lib.MODEL)
         ):
             exported.properties["exported"] = 0
+            # Lets the Pusher match this artifact to its blessing.
+            exported.properties["source_model"] = inputs["model"].uri
             infra_validation.write_infra_blessing(
                 infra, False, f"Not exported: {blessing.uri} is not blessed."
             )
@@ -127,6 +144,8 @@ class Exporter(base.Component):
                 "image_size": spec.image_size,
                 "num_classes": spec.num_classes,
                 "multi_label": int(spec.multi_label),
+                "max_image_pixels": config.max_image_pixels,
+                "max_batch_size": config.max_batch_size,
             }
         )
         if not config.infra_validate:
@@ -186,6 +205,8 @@ def export(
         spec,
         os.path.join(output_uri, model_io.LABELS_FILE),
         config.top_k,
+        config.max_image_pixels,
+        config.max_batch_size,
     )
     serving_model.save(module, export_dir)
     count = max(config.warmup_batch_sizes)

@@ -17,6 +17,13 @@ Signature contract (N = batch, K = min(top_k, classes), C = classes):
     out  classes       string  [N, K]        class names, best first
          scores        float32 [N, K]
 
+Before decoding, every signature refuses a batch of more than
+`max_batch_size` inputs and an image whose header declares more than
+`max_image_pixels` pixels, or of an unknown format, with
+InvalidArgumentError (TF Serving: INVALID_ARGUMENT); see `image_limits`.
+The limits are set at export and recorded in the exported Model's
+properties.
+
 Every signature preprocesses with `components.preprocessing` (decode,
 center crop, resize, normalize), the function the Evaluator used. The class
 names are the asset `assets/labels.txt`, read into a lookup table at load.
@@ -42,6 +49,7 @@ from artifacts import examples as examples_lib
 from artifacts import model as model_io
 from artifacts import model_store
 from components import preprocessing
+from components.exporter import image_limits
 
 PREDICT_SIGNATURE = "serving_default"
 IMAGE_TENSOR_SIGNATURE = "image_tensor"
@@ -53,6 +61,9 @@ CLASSIFY_INPUT_KEY = "inputs"
 PREDICT_OUTPUTS = ("probabilities", "top_k_ids", "top_k_labels", "top_k_scores")
 CLASSIFY_OUTPUTS = ("classes", "scores")
 CLASSIFY_METHOD = "tensorflow/serving/classify"
+# Images of one request decoded at once (tf.map_fn's graph default is 10):
+# a request's decode memory is at most this many images at the limit.
+DECODE_PARALLELISM = 4
 
 
 class _Untracked:
@@ -71,6 +82,8 @@ class ServingModule(tf.Module):
         spec: model_io.ModelSpec,
         labels_path: str,
         top_k: int = 5,
+        max_image_pixels: int = image_limits.DEFAULT_MAX_IMAGE_PIXELS,
+        max_batch_size: int = image_limits.DEFAULT_MAX_BATCH_SIZE,
     ):
         """Wraps a built model.
 
@@ -79,6 +92,8 @@ class ServingModule(tf.Module):
           spec: its spec (resolution, classes, multi-label).
           labels_path: the labels file to ship as an asset.
           top_k: how many classes the top-k outputs hold.
+          max_image_pixels: images declaring more pixels are refused.
+          max_batch_size: requests of more inputs are refused.
         """
         super().__init__()
         # The Keras model is held untracked and only its variables are
@@ -89,6 +104,8 @@ class ServingModule(tf.Module):
         self.image_size = spec.image_size
         self.multi_label = spec.multi_label
         self.top_k = max(1, min(top_k, spec.num_classes))
+        self.max_image_pixels = int(max_image_pixels)
+        self.max_batch_size = int(max_batch_size)
         self.vocabulary = tf.saved_model.Asset(labels_path)
         self.label_table = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
@@ -118,10 +135,23 @@ class ServingModule(tf.Module):
 
     def _from_bytes(self, image_bytes: tf.Tensor) -> tf.Tensor:
         size = self.image_size
+
+        def one(encoded):
+            # The decode must not start before its header check passed.
+            check = image_limits.check_image(encoded, self.max_image_pixels)
+            with tf.control_dependencies([check]):
+                encoded = tf.identity(encoded)
+            return preprocessing.preprocess_for_eval(encoded, size)
+
+        with tf.control_dependencies(
+            [image_limits.check_batch(image_bytes, self.max_batch_size)]
+        ):
+            image_bytes = tf.identity(image_bytes)
         return tf.map_fn(
-            lambda b: preprocessing.preprocess_for_eval(b, size),
+            one,
             image_bytes,
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+            parallel_iterations=DECODE_PARALLELISM,
         )
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -133,15 +163,27 @@ class ServingModule(tf.Module):
     )
     def serve_images(self, images):
         size = self.image_size
+        with tf.control_dependencies(
+            [
+                image_limits.check_batch(images, self.max_batch_size),
+                image_limits.check_image_tensor(images, self.max_image_pixels),
+            ]
+        ):
+            images = tf.identity(images)
         preprocessed = tf.map_fn(
             lambda image: preprocessing.preprocess_image_for_eval(image, size),
             images,
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+            parallel_iterations=DECODE_PARALLELISM,
         )
         return self._outputs(preprocessed)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def classify(self, inputs):
+        with tf.control_dependencies(
+            [image_limits.check_batch(inputs, self.max_batch_size)]
+        ):
+            inputs = tf.identity(inputs)
         parsed = tf.io.parse_example(inputs, examples_lib.IMAGE_SPEC)
         out = self._outputs(
             self._from_bytes(parsed[examples_lib.IMAGE_ENCODED])

@@ -14,6 +14,17 @@ UNIX_TIMESTAMP). Pushing the export that is already the newest version
 pushes nothing and reports that version (re-runs are idempotent). The last
 `keep_versions` versions are kept; older ones are deleted after the push.
 
+The blessings must be about the model being pushed: the Evaluator's
+records the trained Model it judged (`current_model`), which must be the
+exported model's `source_model` (or the model itself when it was not
+exported from another); the infra blessing records the exported Model it
+validated (`model`). A blessing of another model is a wiring error and
+raises `ArtifactError` rather than publishing an unvetted model.
+
+Model names follow TF Serving's base-path conventions: letters, digits,
+`.`, `_` and `-`, starting with a letter or digit (no path separators,
+no `..`), at most 255 characters.
+
 Concurrent pushes of one model name are not coordinated here: the
 pipeline's lock serializes the runs that push.
 """
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 
 import tensorflow as tf
@@ -33,6 +45,25 @@ from artifacts import model_store
 from components import base
 
 VERSIONING = ("increment", "timestamp")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+def validate_model_name(name: str) -> str:
+    """Checks a served model name; returns it.
+
+    The name becomes a directory under the serving base and the name
+    clients ask for, so it must be one plain path component.
+
+    Raises:
+      ValueError: naming the bad name and what is allowed.
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"Bad model_name {name!r}: use 1-255 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (it becomes a "
+            "directory under serving_base and the name clients request)."
+        )
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +89,7 @@ class PusherConfig:
                 f"versioning must be one of {VERSIONING}, got "
                 f"{self.versioning!r}."
             )
-        if not self.model_name or "/" in self.model_name:
-            raise ValueError(f"Bad model_name {self.model_name!r}.")
+        validate_model_name(self.model_name)
 
 
 class Pusher(base.Component):
@@ -87,6 +117,7 @@ class Pusher(base.Component):
             raise ValueError("PusherConfig.serving_base is required.")
         pushed = outputs["pushed_model"]
         model_dir = os.path.join(config.serving_base, config.model_name)
+        check_blessings_match(inputs)
         refusal = _refusal(inputs)
         if refusal:
             _record(pushed, config.model_name, None, "", refusal)
@@ -123,6 +154,49 @@ class Pusher(base.Component):
             version,
             destination,
             f"Pushed version {version}; removed {removed or 'none'}.",
+        )
+
+
+def _same_uri(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_blessings_match(inputs: Mapping[str, base.Artifact]) -> None:
+    """Raises unless the blessings were written for the model pushed.
+
+    Args:
+      inputs: the Pusher's inputs: `model`, `blessing`, optional
+        `infra_blessing`.
+
+    Raises:
+      base.ArtifactError: a blessing names another model, or none.
+    """
+    model = inputs["model"]
+    judged = model.properties.get("source_model") or model.uri
+    blessing = inputs["blessing"]
+    recorded = blessing.properties.get("current_model", "")
+    if not recorded:
+        raise base.ArtifactError(
+            f"Blessing {blessing.uri} records no model (property "
+            "'current_model'); re-run the Evaluator to produce it."
+        )
+    if not _same_uri(recorded, judged):
+        raise base.ArtifactError(
+            f"Blessing {blessing.uri} is for model {recorded}, but the model "
+            f"pushed, {model.uri}, was exported from {judged}; pass the "
+            "blessing the Evaluator wrote for this model."
+        )
+    infra = inputs.get("infra_blessing")
+    if infra is None or not blessing_lib.is_blessed(infra, blessing_lib.INFRA):
+        return  # An unblessed infra blessing is refused with a reason.
+    validated = infra.properties.get("model", "")
+    if not validated or not _same_uri(validated, model.uri):
+        raise base.ArtifactError(
+            f"Infra blessing {infra.uri} is for model {validated or 'none'}"
+            f", not {model.uri}; pass the infra_blessing the Exporter wrote "
+            "with this model."
         )
 
 

@@ -94,6 +94,14 @@ class ExporterTest(tf.test.TestCase):
         props = self.outputs["model"].properties
         self.assertEqual(props["exported"], 1)
         self.assertEqual(props["serving_dir"], self.export_dir)
+        # The serving limits the signatures enforce, for whoever serves it.
+        self.assertEqual(
+            props["max_image_pixels"], exporter.ExporterConfig.max_image_pixels
+        )
+        self.assertEqual(
+            props["max_batch_size"], exporter.ExporterConfig.max_batch_size
+        )
+        self.assertEqual(props["source_model"], self.model_artifact.uri)
         model, spec, labels = model_io.load_model(self.outputs["model"].uri)
         self.assertEqual(labels, LABELS)
         self.assertAllClose(
@@ -208,6 +216,10 @@ class ExporterTest(tf.test.TestCase):
             exporter.ExporterConfig(),
         )
         self.assertEqual(outputs["model"].properties["exported"], 0)
+        self.assertEqual(
+            outputs["model"].properties["source_model"],
+            self.model_artifact.uri,
+        )
         self.assertFalse(
             blessing_artifact.is_blessed(
                 outputs["infra_blessing"], blessing_artifact.INFRA
@@ -216,6 +228,14 @@ class ExporterTest(tf.test.TestCase):
         self.assertFalse(
             tf.io.gfile.exists(f"{root}/model/{model_io.SERVING_DIR}")
         )
+
+
+class ExporterConfigTest(tf.test.TestCase):
+    def test_limits_are_validated(self):
+        with self.assertRaisesRegex(ValueError, "exceed max_batch_size 4"):
+            exporter.ExporterConfig(warmup_batch_sizes=(1, 8), max_batch_size=4)
+        with self.assertRaisesRegex(ValueError, "must be positive"):
+            exporter.ExporterConfig(max_image_pixels=0)
 
 
 class ServingModuleTest(tf.test.TestCase):

@@ -34,7 +34,6 @@ class PusherTest(tf.test.TestCase):
         self.root = self.create_tempdir().full_path
         self.serving_base = os.path.join(self.root, "serving")
         self.model_dir = os.path.join(self.serving_base, "coatnet")
-        self.blessed = self._blessing("blessed", True)
 
     def _model(self, name, value=1.0, exported=True) -> base.Artifact:
         uri = os.path.join(self.root, name)
@@ -44,23 +43,38 @@ class PusherTest(tf.test.TestCase):
             os.path.join(uri, model_io.SERVING_DIR),
             signatures={"serving_default": module.__call__},
         )
-        artifact = base.Artifact(base.MODEL, uri, {"exported": int(exported)})
+        # As the Exporter records it: the trained Model it came from.
+        artifact = base.Artifact(
+            base.MODEL,
+            uri,
+            {"exported": int(exported), "source_model": f"{uri}-trained"},
+        )
         artifact.write()
         return artifact
 
-    def _blessing(self, name, blessed, infra=False) -> base.Artifact:
+    def _blessing(self, name, blessed, model, infra=False) -> base.Artifact:
+        """A blessing of `model` (None: one recording no model)."""
         uri = os.path.join(self.root, name)
         tf.io.gfile.makedirs(uri)
         artifact = base.Artifact(base.MODEL_BLESSING, uri)
         if infra:
             blessing_lib.write(artifact, blessed, blessing_lib.INFRA, "test")
+            if model is not None:
+                artifact.properties["model"] = model.uri
         else:
             blessing_lib.write(artifact, blessed)
+            if model is not None:
+                artifact.properties["current_model"] = model.properties[
+                    "source_model"
+                ]
         artifact.write()
         return artifact
 
     def _push(self, model, blessing_artifact=None, infra=None, **config):
-        inputs = {"model": model, "blessing": blessing_artifact or self.blessed}
+        if blessing_artifact is None:
+            name = f"blessing-{os.path.basename(model.uri)}"
+            blessing_artifact = self._blessing(name, True, model)
+        inputs = {"model": model, "blessing": blessing_artifact}
         if infra is not None:
             inputs["infra_blessing"] = infra
         count = len(tf.io.gfile.glob(os.path.join(self.root, "pushed*")))
@@ -97,10 +111,10 @@ class PusherTest(tf.test.TestCase):
     def test_unblessed_models_are_not_pushed(self):
         model = self._model("m")
         cases = [
-            (self._blessing("not", False), None, "not BLESSED"),
+            (self._blessing("not", False, model), None, "not BLESSED"),
             (
-                self.blessed,
-                self._blessing("infra_not", False, infra=True),
+                None,
+                self._blessing("infra_not", False, model, infra=True),
                 "INFRA_BLESSED",
             ),
         ]
@@ -111,8 +125,45 @@ class PusherTest(tf.test.TestCase):
         unexported = self._model("unexported", exported=False)
         self.assertEqual(self._push(unexported)["pushed"], 0)
         self.assertFalse(tf.io.gfile.exists(self.model_dir))
-        infra_ok = self._blessing("infra_ok", True, infra=True)
+        infra_ok = self._blessing("infra_ok", True, model, infra=True)
         self.assertEqual(self._push(model, None, infra_ok)["pushed"], 1)
+
+    def test_blessings_of_another_model_are_refused(self):
+        model, other = self._model("m", 1.0), self._model("other", 2.0)
+        with self.assertRaisesRegex(base.ArtifactError, "other-trained"):
+            self._push(model, self._blessing("b_other", True, other))
+        with self.assertRaisesRegex(base.ArtifactError, "records no model"):
+            self._push(model, self._blessing("b_none", True, None))
+        infra_other = self._blessing("i_other", True, other, infra=True)
+        with self.assertRaisesRegex(base.ArtifactError, "Infra blessing"):
+            self._push(model, infra=infra_other)
+        infra_none = self._blessing("i_none", True, None, infra=True)
+        with self.assertRaisesRegex(base.ArtifactError, "for model none"):
+            self._push(model, infra=infra_none)
+        self.assertFalse(tf.io.gfile.exists(self.model_dir))
+        # The model's own blessings, through another spelling of the path.
+        own = self._blessing("b_own", True, model)
+        own.properties["current_model"] = f"{self.root}/./m-trained"
+        infra_own = self._blessing("i_own", True, model, infra=True)
+        self.assertEqual(self._push(model, own, infra_own)["pushed"], 1)
+
+    def test_model_names_are_validated(self):
+        for name in ("coatnet", "coatnet_21k", "CoAtNet-0.v2", "7"):
+            pusher.PusherConfig(serving_base=self.root, model_name=name)
+        bad = [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "../up",
+            "x y",
+            "é",
+            "a" * 256,
+        ]
+        for name in bad:
+            with self.assertRaisesRegex(ValueError, "Bad model_name"):
+                pusher.PusherConfig(serving_base=self.root, model_name=name)
 
     def test_timestamp_versions_stay_increasing(self):
         before = int(time.time())

@@ -23,6 +23,7 @@ from artifacts import model as model_io
 from artifacts import model_store
 from components import preprocessing
 from components.exporter import component as exporter
+from components.exporter import serving_model
 from serving import client as client_lib
 from serving import local_server, servables
 from tests import child_env
@@ -267,6 +268,38 @@ class ServingTest(tf.test.TestCase):
                     _predict_request("versions", self.images[0]), timeout=30
                 )
                 self.assertEqual(response.model_spec.version.value, 2)
+
+    def test_a_version_failing_warmup_leaves_the_old_one_serving(self):
+        base = f"{self.root}/models/keep"
+        model_store.write_version(base, self.export_dir, 1)
+        broken = f"{self.root}/broken_export"
+        shutil.copytree(self.export_dir, broken)
+        # Loads, but its warmup request fails: the load fails.
+        request = _predict_request("keep", self.images[0])
+        request.inputs["image_bytes"].string_val[0] = b"not an image"
+        model_store.write_warmup(broken, [serving_model._predict_log(request)])
+        with local_server.LocalServer(
+            [servables.ModelSource("keep", base)]
+        ) as server:
+            with client_lib.ServingClient(server.address, "keep") as c:
+                self.assertEqual(c.wait_until_available(30), 1)
+                model_store.write_version(base, broken, 2)
+                server.refresh()
+                status = {s["version"]: s for s in c.get_model_status()}
+                self.assertEqual(status[1]["state"], "AVAILABLE")
+                self.assertEqual(status[2]["state"], "END")
+                self.assertIn("Image refused", status[2]["error_message"])
+                response = c._predictions.Predict(
+                    _predict_request("keep", self.images[0]), timeout=30
+                )
+                self.assertEqual(response.model_spec.version.value, 1)
+                # A good newer version replaces it once warmed up.
+                model_store.write_version(base, self.export_dir, 3)
+                server.refresh()
+                states = {
+                    s["version"]: s["state"] for s in c.get_model_status()
+                }
+                self.assertEqual(states, {1: "END", 2: "END", 3: "AVAILABLE"})
 
     def test_unavailable_is_retried_until_the_server_is_up(self):
         port = _free_port()

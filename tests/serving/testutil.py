@@ -10,6 +10,8 @@ Examples are small synthetic JPEGs whose colour depends on the class.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -158,6 +160,50 @@ def write_png(path: str, size: int = 40) -> str:
     with open(path, "wb") as f:
         f.write(tf.io.encode_png(image).numpy())
     return path
+
+
+def png_bomb(side: int = 20000) -> bytes:
+    """Decompression bomb: a 1-bit grey PNG of side^2 zeros (60 KB at 20000)."""
+
+    def chunk(kind, data):
+        body = kind + data
+        return (
+            struct.pack(">I", len(data))
+            + body
+            + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+        )
+
+    row = b"\0" * (1 + (side + 7) // 8)  # Filter byte + packed bits.
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(side))
+    data += compressor.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", data)
+        + chunk(b"IEND", b"")
+    )
+
+
+def jpeg_bomb() -> bytes:
+    """Decompression bomb: an 8 x 8 JPEG whose SOF0 says 60000 x 60000."""
+    small = bytearray(tf.io.encode_jpeg(np.zeros([8, 8, 3], np.uint8)).numpy())
+    sof = small.index(b"\xff\xc0")
+    small[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+    return bytes(small)
+
+
+def gif_bomb() -> bytes:
+    """Decompression bomb: a 1 x 1 GIF whose frame says 65535 x 65535."""
+    return (
+        b"GIF89a"
+        + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0)
+        + b"\0\0\0\xff\xff\xff"  # Global colour table, 2 entries.
+        + b"\x2c"
+        + struct.pack("<HHHHB", 0, 0, 65535, 65535, 0)
+        + b"\x02\x02\x4c\x01\x00"  # LZW code size, one sub-block, end.
+        + b"\x3b"
+    )
 
 
 def write_tls_files(directory: str) -> dict[str, str]:
