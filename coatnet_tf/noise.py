@@ -27,6 +27,9 @@ import tf_keras
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
 
 _UNSET = -1  # The step of an unset state.
+# Named, not "auto_select", which may select different generators on
+# different devices.
+_ALG = "philox"
 
 
 class NoiseState(tf.__internal__.tracking.AutoTrackable):
@@ -99,7 +102,10 @@ def mask_seed(state: tf.Tensor, index: int, draw: int = 0) -> tf.Tensor:
     Returns:
       An int64 [2] seed for `tf.random.stateless_uniform`.
     """
-    fold = tf.random.experimental.stateless_fold_in
+
+    def fold(key, data):
+        return tf.random.experimental.stateless_fold_in(key, data, alg=_ALG)
+
     key = fold(tf.cast(state, tf.int64), _replica_id())
     key = fold(key, tf.constant(index, tf.int64))
     return fold(key, tf.constant(draw, tf.int64))
@@ -140,9 +146,19 @@ class StochasticDepth(tf_keras.layers.Layer):
         keep = 1.0 - self.rate
         # One draw per example: [B, 1, ..., 1] broadcasts over the rest.
         shape = [tf.shape(inputs)[0]] + [1] * (inputs.shape.rank - 1)
-        uniform = tf.random.stateless_uniform(
-            shape, mask_seed(state, self.index, draw), dtype=tf.float32
+        # Uniform [0, 1) from the top 24 of 32 random bits, exact in
+        # float32. Not a float draw: XLA converts bits to floats unlike
+        # TensorFlow's kernel, and a mask must not depend on the compiler.
+        bits = tf.random.stateless_uniform(
+            shape,
+            mask_seed(state, self.index, draw),
+            minval=None,
+            maxval=None,
+            dtype=tf.uint32,
+            alg=_ALG,
         )
+        uniform = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32)
+        uniform = uniform * (2.0**-24)
         mask = tf.floor(keep + uniform) / keep
         mask = tf.where(state[1] >= 0, mask, tf.ones_like(mask))
         return inputs * tf.cast(mask, inputs.dtype)

@@ -87,6 +87,12 @@ class TinyModelTest(tf.test.TestCase, parameterized.TestCase):
         x = images(4, 32)
         self.assertAllClose(model(x), model(x))
         self.assertNotAllClose(model(x, training=True), model(x, training=True))
+        # Drop path alone: stochastic across steps once the state is set.
+        model.head.dropout.rate = 0.0
+        model.set_noise_state(0, 1)
+        first = model(x, training=True)
+        model.set_noise_state(0, 2)
+        self.assertNotAllClose(first, model(x, training=True))
 
     def test_config_round_trip(self):
         model = tiny(32, drop_path_rate=0.1, head_init_bias=-1.0)
