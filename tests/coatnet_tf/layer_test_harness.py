@@ -120,7 +120,8 @@ class LayerTestCase(tf.test.TestCase, parameterized.TestCase):
         mixed_bfloat16 both paths round at different points, so each is
         measured against the float32 reference: the fused path's error
         (RMS) may be at most `bf16_factor` times the reference path's own,
-        plus 1% of the quantity's RMS. (The fused MBConv folds the SE gate
+        plus 3% of the quantity's RMS (a few bfloat16 roundings, 0.4%
+        each, accumulated in a sum). (The fused MBConv folds the SE gate
         into a bfloat16 matmul, whose gate gradient sums over the pixels
         in bfloat16 products: ~3x the reference's error there.)
 
@@ -181,7 +182,7 @@ class LayerTestCase(tf.test.TestCase, parameterized.TestCase):
         ):
             msg = f"{fused_cls.__name__} mixed_bfloat16: {name}"
             self.assertTrue(np.all(np.isfinite(got)), msg)
-            allowed = bf16_factor * _rms(ref - want) + 0.01 * _rms(want)
+            allowed = bf16_factor * _rms(ref - want) + 0.03 * _rms(want)
             self.assertLessEqual(_rms(got - want), allowed + 1e-7, msg)
 
     @staticmethod
