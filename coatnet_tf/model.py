@@ -221,7 +221,8 @@ def create_model(
       **overrides: other `CoAtNetConfig` fields, e.g. `drop_path_rate`,
         `dropout_rate`, `head_init_bias`, `pre_logits`, `pre_logits_size`,
         `head_size`, `gelu_approximate`, `bn_momentum`, `bn_epsilon`,
-        `sync_batch_norm`, `ln_epsilon` (see `CoAtNetConfig` for each).
+        `sync_batch_norm`, `ln_epsilon`, `kernels` (see `CoAtNetConfig` for
+        each).
 
     Returns:
       A `CoAtNet`.
