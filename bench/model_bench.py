@@ -7,16 +7,22 @@ Prints one JSON object:
 - `flops_per_image`: the model's forward FLOPs counted on its traced graph
   (2 per multiply-add, `coatnet_tf.forward_flops`); a training step counts
   3x forward (forward, and a backward of twice its cost);
-- per policy (`float32`, `mixed_bfloat16`): `forward` and `train_step`
-  images/s (train step = forward, backward and the trainer's AdamW
-  update, `components.trainer.optimization.FusedAdamW`), the
-  GFLOP/s they reach and their fraction of the float32 (and bfloat16)
-  peak; mixed_bfloat16 also reports its speedup over float32.
+- per kernel setting (`--kernels`: `fused`, `reference`; see
+  `coatnet_tf.CoAtNetConfig.kernels`) and per policy (`float32`,
+  `mixed_bfloat16`): `forward` and `train_step` images/s (train step =
+  forward, backward and the trainer's AdamW update,
+  `components.trainer.optimization.FusedAdamW`), the GFLOP/s they reach
+  and their fraction of the float32 (and bfloat16) peak; mixed_bfloat16
+  also reports its speedup over float32, and `fused` its speedup over
+  `reference` (`speedup_vs_reference`). Both settings are charged the
+  same FLOPs, those of the reference graph;
+- `goals` per kernel setting.
 
-The machine is shared, so peak and model are measured in the same run,
-interleaved in rounds: each model measurement is bracketed by two peak
-measurements, and its fraction of peak uses their mean, the machine's rate
-around it rather than seconds before it. Every figure gives its best round
+The machine is shared, so peaks and models are measured in the same run,
+interleaved in rounds (every setting and policy once per round): each
+model measurement is bracketed by two peak measurements, and its fraction
+of peak uses their mean, the machine's rate around it rather than seconds
+before it. Every figure gives its best round
 (least disturbed) and its median; `rounds` lists each round's images/s and
 peak.
 
@@ -31,6 +37,7 @@ imported in `main` after flag parsing:
     bazel run //bench:model_bench
     bazel run //bench:model_bench -- --steps=2 --rounds=1 --batch=8
     bazel run //bench:model_bench -- --variant=coatnet-tiny --image_size=64
+    bazel run //bench:model_bench -- --kernels=fused --policies=float32
 """
 
 from __future__ import annotations
@@ -53,6 +60,11 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps before the first round.")
 flags.DEFINE_integer("rounds", 3, "Interleaved measurement rounds.")
 flags.DEFINE_list(
     "policies", ["float32", "mixed_bfloat16"], "Keras dtype policies."
+)
+flags.DEFINE_list(
+    "kernels",
+    ["fused", "reference"],
+    "Kernel settings (`CoAtNetConfig.kernels`), measured interleaved.",
 )
 flags.DEFINE_integer("peak_size", 4096, "Side of the peak-matmul matrices.")
 flags.DEFINE_boolean("onednn", True, "Set TF_ENABLE_ONEDNN_OPTS=1.")
@@ -104,7 +116,7 @@ def summary(values: list[float]) -> dict:
     return {"best": max(values), "median": statistics.median(values)}
 
 
-def goals(result: dict) -> dict:
+def goals(entries: dict, peaks: dict) -> dict:
     """The targets, judged on medians (best rounds are in the entries).
 
     float32: at least 65% of the measured fp32 matmul peak for the training
@@ -117,13 +129,14 @@ def goals(result: dict) -> dict:
     and slower than fp32, and no model can meet the fixed target there.
 
     Args:
-      result: the benchmark's result so far.
+      entries: one kernel setting's {policy: entry}.
+      peaks: the run's `peak_gflops`.
 
     Returns:
       {check name: {"target", "median", "met", ...}}.
     """
     checks = {}
-    fp32 = result.get("float32")
+    fp32 = entries.get("float32")
     if fp32:
         for kind, target in (("train_step", 0.65), ("forward", 0.70)):
             value = fp32[kind]["fraction_of_fp32_peak"]["median"]
@@ -132,9 +145,8 @@ def goals(result: dict) -> dict:
                 "median": value,
                 "met": value >= target,
             }
-    peaks = result["peak_gflops"]
     ratio = peaks["bfloat16"]["median"] / peaks["float32"]["median"]
-    mixed = result.get("mixed_bfloat16", {})
+    mixed = entries.get("mixed_bfloat16", {})
     for kind in ("forward", "train_step"):
         speedup = mixed.get(kind, {}).get("speedup_vs_float32")
         if speedup:
@@ -200,30 +212,43 @@ def main(argv):
         matmul()
         peaks[dtype.name] = (matmul, 2.0 * n**3)
 
-    runs = {}
-    for policy in FLAGS.policies:
-        tf_keras.mixed_precision.set_global_policy(policy)
-        model = coatnet_tf.create_model(
-            FLAGS.variant,
-            num_classes=1000,
-            image_size=size,
-            gelu_approximate=FLAGS.gelu_approximate,
-        )
-        images = tf.random.normal([batch, size, size, 3])
-        labels = tf.random.uniform([batch], 0, 1000, tf.int32)
-        model(images[:1], training=False)
-        optimizer = optimization.FusedAdamW(
-            learning_rate=1e-4, weight_decay=0.05, jit_compile=False
-        )
-
-        forward, train_step = make_steps(tf, model, optimizer, images, labels)
-        for _ in range(FLAGS.warmup):
-            forward().numpy()
-            train_step().numpy()
-        runs[policy] = (model, forward, train_step)
+    for setting in FLAGS.kernels:
+        if setting not in coatnet_tf.KERNEL_SETTINGS:
+            raise app.UsageError(
+                f"--kernels={setting!r}; expected some of "
+                f"{coatnet_tf.KERNEL_SETTINGS}."
+            )
+    runs = {}  # (kernel setting, policy) -> (forward, train_step).
+    for setting in FLAGS.kernels:
+        for policy in FLAGS.policies:
+            tf_keras.mixed_precision.set_global_policy(policy)
+            model = coatnet_tf.create_model(
+                FLAGS.variant,
+                num_classes=1000,
+                image_size=size,
+                gelu_approximate=FLAGS.gelu_approximate,
+                kernels=setting,
+            )
+            images = tf.random.normal([batch, size, size, 3])
+            labels = tf.random.uniform([batch], 0, 1000, tf.int32)
+            model(images[:1], training=False)
+            optimizer = optimization.FusedAdamW(
+                learning_rate=1e-4, weight_decay=0.05, jit_compile=False
+            )
+            forward, train_step = make_steps(
+                tf, model, optimizer, images, labels
+            )
+            for _ in range(FLAGS.warmup):
+                forward().numpy()
+                train_step().numpy()
+            runs[(setting, policy)] = (forward, train_step)
     tf_keras.mixed_precision.set_global_policy("float32")
 
-    flops_model = coatnet_tf.create_model(FLAGS.variant, 1000, size)
+    # Both settings are charged the reference graph's FLOPs, so their
+    # fractions of peak compare as their images/s do.
+    flops_model = coatnet_tf.create_model(
+        FLAGS.variant, 1000, size, kernels="reference"
+    )
     forward_flops = coatnet_tf.forward_flops(flops_model, batch_size=1)
     flops = {"forward": forward_flops, "train_step": 3 * forward_flops}
 
@@ -237,14 +262,15 @@ def main(argv):
     # fraction compares rates taken under the same machine load (on a
     # shared host the peak drifts within the ~15 s of a training
     # measurement; `rounds` records both sides).
-    rounds = {(p, k): [] for p in runs for k in ("forward", "train_step")}
+    kinds = ("forward", "train_step")
+    rounds = {(run, kind): [] for run in runs for kind in kinds}
     for _ in range(FLAGS.rounds):
-        for policy, (_, forward, train_step) in runs.items():
-            for kind, fn in (("forward", forward), ("train_step", train_step)):
+        for run, fns in runs.items():
+            for kind, fn in zip(kinds, fns):
                 before = measure_peak()
                 images_per_s = batch / timed(fn, FLAGS.steps)
                 after = measure_peak()
-                rounds[(policy, kind)].append(
+                rounds[(run, kind)].append(
                     {
                         "images_per_s": images_per_s,
                         "peak_gflops": {
@@ -262,6 +288,7 @@ def main(argv):
         "batch": batch,
         "steps": FLAGS.steps,
         "rounds": FLAGS.rounds,
+        "kernels": list(FLAGS.kernels),
         "runtime": {
             "tensorflow": tf.__version__,
             "onednn": FLAGS.onednn,
@@ -277,10 +304,14 @@ def main(argv):
         },
         "flops_per_image": flops,
     }
-    for policy in runs:
+
+    def images_per_s(run, kind):
+        return summary([r["images_per_s"] for r in rounds[(run, kind)]])
+
+    for (setting, policy), fns in runs.items():
         entry = {}
-        for kind in ("forward", "train_step"):
-            measured = rounds[(policy, kind)]
+        for kind in kinds:
+            measured = rounds[((setting, policy), kind)]
             ips = [r["images_per_s"] for r in measured]
             peak = [r["peak_gflops"] for r in measured]
             gflops = [i * flops[kind] / 1e9 for i in ips]
@@ -292,26 +323,34 @@ def main(argv):
                     [g / p["float32"] for g, p in zip(gflops, peak)]
                 ),
             }
+            ours = entry[kind]["images_per_s"]
             if policy != "float32":
                 entry[kind]["fraction_of_bf16_peak"] = summary(
                     [g / p["bfloat16"] for g, p in zip(gflops, peak)]
                 )
-                if "float32" in runs:
-                    base = summary(
-                        [r["images_per_s"] for r in rounds[("float32", kind)]]
-                    )
-                    ours = entry[kind]["images_per_s"]
+                if (setting, "float32") in runs:
+                    base = images_per_s((setting, "float32"), kind)
                     entry[kind]["speedup_vs_float32"] = {
                         k: ours[k] / base[k] for k in base
                     }
-        result[policy] = entry
-    if FLAGS.profile_dir:
-        for policy, (_, forward, train_step) in runs.items():
-            for kind, fn in (("forward", forward), ("train_step", train_step)):
-                result[policy][kind]["op_profile"] = op_profile.op_time_table(
-                    fn, 2, os.path.join(FLAGS.profile_dir, f"{policy}_{kind}")
+            if setting != "reference" and ("reference", policy) in runs:
+                base = images_per_s(("reference", policy), kind)
+                entry[kind]["speedup_vs_reference"] = {
+                    k: ours[k] / base[k] for k in base
+                }
+            if FLAGS.profile_dir:
+                entry[kind]["op_profile"] = op_profile.op_time_table(
+                    fns[kinds.index(kind)],
+                    2,
+                    os.path.join(
+                        FLAGS.profile_dir, f"{setting}_{policy}_{kind}"
+                    ),
                 )
-    result["goals"] = goals(result)
+        result.setdefault(setting, {})[policy] = entry
+    result["goals"] = {
+        setting: goals(result[setting], result["peak_gflops"])
+        for setting in FLAGS.kernels
+    }
     print(json.dumps(result, indent=2))
 
 

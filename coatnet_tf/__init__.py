@@ -10,6 +10,10 @@ Public API:
   (App. A.1).
 - `restore_from_checkpoint(model, checkpoint_path, head_rows=None)` restores
   weights trained at any resolution and class count.
+- `CoAtNetConfig.kernels`: "reference" (the paper's layers, plainly) or
+  "fused" (CPU-tuned, `coatnet_tf.kernels`); same variables either way.
+- `CoAtNet.set_noise_state(seed, step)`: keys the stochastic-depth masks
+  of a training step (`coatnet_tf.noise`).
 """
 
 import os
@@ -23,6 +27,7 @@ from coatnet_tf.checkpoint import (  # noqa: E402
     restore_from_checkpoint,
 )
 from coatnet_tf.config import (  # noqa: E402
+    KERNEL_SETTINGS,
     VARIANTS,
     CoAtNetConfig,
     StageSpec,
@@ -44,16 +49,18 @@ from coatnet_tf.model import (  # noqa: E402
     forward_graph,
     graph_flops,
 )
+from coatnet_tf.noise import NoiseState  # noqa: E402
 from coatnet_tf.relative_position import (  # noqa: E402
     RelativeAttention,
+    grid_size,
     relative_position_bias,
     relative_position_index,
     resize_relative_position_bias,
-    source_grid_size,
 )
 from coatnet_tf.transformer import FeedForward, TransformerBlock  # noqa: E402
 
 __all__ = [
+    "KERNEL_SETTINGS",
     "VARIANTS",
     "ClassificationHead",
     "CoAtNet",
@@ -61,6 +68,7 @@ __all__ = [
     "ConvStem",
     "FeedForward",
     "MBConvBlock",
+    "NoiseState",
     "RelativeAttention",
     "RestoreReport",
     "SqueezeExcitation",
@@ -73,10 +81,10 @@ __all__ = [
     "forward_graph",
     "get_config",
     "graph_flops",
+    "grid_size",
     "list_variants",
     "relative_position_bias",
     "relative_position_index",
     "resize_relative_position_bias",
     "restore_from_checkpoint",
-    "source_grid_size",
 ]

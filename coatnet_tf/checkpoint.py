@@ -300,8 +300,8 @@ def _resized_table(path, key, var_path, value, target) -> np.ndarray:
             f"{key} in {path} has shape {list(value.shape)}; {var_path} "
             f"needs a [{target[0]}, 2h - 1, 2w - 1] table."
         )
-    relative_position.source_grid_size(value.shape)  # Odd sizes only.
-    height, width = (target[1] + 1) // 2, (target[2] + 1) // 2
+    relative_position.grid_size(value.shape)  # Odd sizes only.
+    height, width = relative_position.grid_size(target)
     return np.asarray(
         relative_position.resize_relative_position_bias(value, height, width)
     )

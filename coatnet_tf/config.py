@@ -21,6 +21,9 @@ from typing import Any
 MBCONV = "mbconv"
 TRANSFORMER = "transformer"
 STAGE_KINDS = (MBCONV, TRANSFORMER)
+REFERENCE = "reference"
+FUSED = "fused"
+KERNEL_SETTINGS = (REFERENCE, FUSED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,18 @@ class CoAtNetConfig:
         of the distribution strategy instead of per replica, for small
         per-core batches (e.g. large models on TPU pods).
       ln_epsilon: LayerNorm epsilon.
+      kernels: how the layers compute, with the same variables either way:
+        "reference", the paper's formulas written plainly, one forward
+        path per layer (`coatnet_tf.layers`, `coatnet_tf.transformer`);
+        or "fused" (the default), the CPU-tuned paths of
+        `coatnet_tf.kernels`: 1x1 convs as matmuls, conv gradients as
+        matmuls, BatchNorm statistics from the expansion's input, GELU as
+        XLA-fused kernels, BatchNorms folded at inference. "fused" is
+        what the trainer, benchmarks and CPU serving run (docs/
+        performance.md measures it). On TPU choose "reference": XLA fuses
+        BatchNorm and GELU into the convs itself, where the fused paths'
+        covariance matmul and hand-written gradients only add FLOPs and
+        hide the ops from its fusion.
     """
 
     name: str
@@ -111,6 +126,7 @@ class CoAtNetConfig:
     bn_epsilon: float = 1e-3
     sync_batch_norm: bool = False
     ln_epsilon: float = 1e-5
+    kernels: str = FUSED
 
     def __post_init__(self):
         # JSON round trips (model specs, get_config) turn tuples into lists
@@ -134,6 +150,10 @@ class CoAtNetConfig:
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate {self.dropout_rate} not in [0, 1)")
+        if self.kernels not in KERNEL_SETTINGS:
+            raise ValueError(
+                f"kernels {self.kernels!r} not in {KERNEL_SETTINGS}."
+            )
         for stage in self.stages:
             if stage.kind == TRANSFORMER and stage.width % self.head_size:
                 raise ValueError(

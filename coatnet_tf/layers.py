@@ -1,5 +1,11 @@
 """Convolutional layers of CoAtNet: stem (S0), MBConv (S1, S2), head.
 
+The reference model: each layer is the paper's formula written plainly,
+one forward path, for training and inference alike. The CPU-tuned
+versions of the same layers (folded BatchNorms, matmul convolutions,
+fused GELU) are subclasses in `coatnet_tf.kernels`, chosen by
+`CoAtNetConfig.kernels`; they share these layers' variables.
+
 All tensors are NHWC. Choices the paper leaves open (§3.2, App. A.1) are
 made here and marked "Open choice":
 
@@ -18,40 +24,76 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf import ops
+from coatnet_tf.noise import StochasticDepth
+
+__all__ = [
+    "DENSE_INIT",
+    "ClassificationHead",
+    "ConvStem",
+    "MBConvBlock",
+    "SqueezeExcitation",
+    "StochasticDepth",
+    "conv_init",
+    "gelu",
+    "max_pool_2x2",
+]
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
 
+DENSE_INIT = "glorot_uniform"  # A name: each layer gets its own instance.
+SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
 
-@_register
-class StochasticDepth(tf_keras.layers.Layer):
-    """Drops a residual branch per example (Huang et al., 2016).
 
-    In training, each example's branch is zeroed with probability `rate` and
-    otherwise scaled by 1 / (1 - rate), so inference needs no rescaling.
+def conv_init() -> tf_keras.initializers.Initializer:
+    """He-style fan-out initializer for convolution kernels.
+
+    A new instance per layer: an unseeded tf_keras initializer instance
+    returns the same values on every call.
+
+    Returns:
+      A truncated-normal `VarianceScaling(2.0, "fan_out")` initializer.
+    """
+    return tf_keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="truncated_normal"
+    )
+
+
+def gelu(x: tf.Tensor, approximate: bool) -> tf.Tensor:
+    """GELU (App. A.1), exact erf form or its tanh approximation.
 
     Args:
-      rate: drop probability in [0, 1).
-      **kwargs: base `Layer` arguments.
+      x: input of any float dtype.
+      approximate: use the tanh approximation.
+
+    Returns:
+      x * Phi(x), same shape and dtype.
     """
+    if approximate:
+        return tf.nn.gelu(x, approximate=True)
+    # 0.5 x (1 + erf(x / sqrt(2))). Written with erf because `tf.nn.gelu`
+    # uses erfc, whose CPU kernel is ~2.5x slower than erf's.
+    return 0.5 * x * (1.0 + tf.math.erf(x * SQRT_HALF))
 
-    def __init__(self, rate: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"Stochastic depth rate {rate} not in [0, 1).")
-        self.rate = float(rate)
 
-    def call(self, inputs, training=None):
-        if not training or self.rate == 0.0:
-            return inputs
-        keep = 1.0 - self.rate
-        # One draw per example: [B, 1, ..., 1] broadcasts over the rest.
-        shape = [tf.shape(inputs)[0]] + [1] * (inputs.shape.rank - 1)
-        mask = tf.floor(keep + tf.random.uniform(shape, dtype=inputs.dtype))
-        return inputs * (mask / tf.cast(keep, inputs.dtype))
+def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:
+    """The stride-2 max pool of Eq. 4 and 5; odd sides round up."""
+    return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="SAME")
 
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate}
+
+def build_sublayers(pairs) -> None:
+    """Builds each (layer, input shape) pair under the layer's name scope.
+
+    Blocks build every sublayer in their own `build`, so that all kernel
+    settings create the same variables with the same names even where a
+    fast path reads a sublayer's weights without calling it.
+
+    Args:
+      pairs: (layer or None, shape) pairs; None entries are skipped.
+    """
+    for layer, shape in pairs:
+        if layer is not None:
+            with tf.name_scope(layer.name):
+                layer.build(shape)
 
 
 @_register
@@ -86,10 +128,12 @@ class ConvStem(tf_keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.sync_batch_norm = sync_batch_norm
-        self.conv0 = ops.Conv3x3(
+        self.conv0 = tf_keras.layers.Conv2D(
             width,
+            3,
             strides=2,
-            kernel_initializer=ops.conv_init(),
+            padding="same",
+            kernel_initializer=conv_init(),
             name="conv0",
         )
         self.norm0 = tf_keras.layers.BatchNormalization(
@@ -98,45 +142,29 @@ class ConvStem(tf_keras.layers.Layer):
             synchronized=sync_batch_norm,
             name="norm0",
         )
-        self.conv1 = ops.Conv3x3(
-            width, kernel_initializer=ops.conv_init(), name="conv1"
+        self.conv1 = tf_keras.layers.Conv2D(
+            width,
+            3,
+            padding="same",
+            kernel_initializer=conv_init(),
+            name="conv1",
         )
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
-        # Built here: inference folds norm0 into conv0 and calls neither
-        # conv0, norm0 nor conv1.
         inner = input_shape[:-1].concatenate([self.width])
-        for layer, shape in (
-            (self.conv0, input_shape),
-            (self.norm0, inner),
-            (self.conv1, inner),
-        ):
-            with tf.name_scope(layer.name):
-                layer.build(shape)
+        build_sublayers(
+            (
+                (self.conv0, input_shape),
+                (self.norm0, inner),
+                (self.conv1, inner),
+            )
+        )
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        if training or self.gelu_approximate:
-            x = self.norm0(self.conv0(inputs), training=training)
-            return self.conv1(ops.gelu(x, self.gelu_approximate, training))
-        # Inference. Moving statistics make norm0 affine: fold it into
-        # conv0, scaled by c = 1 / sqrt(2) for `ops.sqrt2_gelu_of_scaled`;
-        # the last c goes into conv1's kernel.
-        dtype = inputs.dtype
-        scale, shift = ops.batch_norm_affine(self.norm0, dtype)
-        c = tf.cast(ops.SQRT_HALF, dtype)
-        u = tf.nn.conv2d(
-            inputs, self.conv0.kernel * (scale * c), strides=2, padding="SAME"
-        )
-        u = tf.nn.bias_add(u, (self.conv0.bias * scale + shift) * c)
-        x = tf.nn.conv2d(
-            ops.sqrt2_gelu_of_scaled(u),
-            self.conv1.kernel * c,
-            strides=1,
-            padding="SAME",
-        )
-        return tf.nn.bias_add(x, self.conv1.bias)
+        x = self.norm0(self.conv0(inputs), training=training)
+        return self.conv1(gelu(x, self.gelu_approximate))
 
     def get_config(self):
         return {
@@ -168,43 +196,31 @@ class SqueezeExcitation(tf_keras.layers.Layer):
         self.bottleneck = bottleneck
         self.gelu_approximate = gelu_approximate
         self.reduce = tf_keras.layers.Dense(
-            bottleneck, kernel_initializer=ops.DENSE_INIT, name="reduce"
+            bottleneck, kernel_initializer=DENSE_INIT, name="reduce"
         )
         self.expand = None
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
         self.expand = tf_keras.layers.Dense(
-            channels, kernel_initializer=ops.DENSE_INIT, name="expand"
+            channels, kernel_initializer=DENSE_INIT, name="expand"
         )
-        # Built here: MBConv may call `gate` without calling the layer.
-        for layer, width in (
-            (self.reduce, channels),
-            (self.expand, self.bottleneck),
-        ):
-            with tf.name_scope(layer.name):
-                layer.build([None, width])
+        build_sublayers(
+            (
+                (self.reduce, [None, channels]),
+                (self.expand, [None, self.bottleneck]),
+            )
+        )
         super().build(input_shape)
 
-    def gate(self, inputs: tf.Tensor, scale: float = 1.0) -> tf.Tensor:
-        """The sigmoid channel gate [B, C] of a map [B, H, W, C].
-
-        Args:
-          inputs: the feature map.
-          scale: a constant factor of `inputs`, applied to their mean
-            (`MBConvBlock` passes a map without its GELU's 1 / sqrt(2)).
-
-        Returns:
-          [B, C], in the dtype of `inputs`.
-        """
-        squeezed = tf.reduce_mean(inputs, axis=[1, 2])  # [B, C]
-        if scale != 1.0:
-            squeezed = squeezed * tf.cast(scale, squeezed.dtype)
-        hidden = ops.gelu(self.reduce(squeezed), self.gelu_approximate)
+    def gate(self, squeezed: tf.Tensor) -> tf.Tensor:
+        """The sigmoid channel gate [B, C] of the pooled map [B, C]."""
+        hidden = gelu(self.reduce(squeezed), self.gelu_approximate)
         return tf.sigmoid(self.expand(hidden))
 
     def call(self, inputs):
-        return inputs * self.gate(inputs)[:, None, None, :]
+        gate = self.gate(tf.reduce_mean(inputs, axis=[1, 2]))
+        return inputs * gate[:, None, None, :]
 
     def get_config(self):
         return {
@@ -235,6 +251,8 @@ class MBConvBlock(tf_keras.layers.Layer):
       bn_epsilon: BatchNorm epsilon.
       sync_batch_norm: all-reduce batch statistics over the replicas of
         a distribution strategy (small per-core batches on TPU pods).
+      block_index: the block's index in the model, which keys its
+        stochastic-depth masks (`coatnet_tf.noise`).
       **kwargs: base `Layer` arguments.
     """
 
@@ -249,6 +267,7 @@ class MBConvBlock(tf_keras.layers.Layer):
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
         sync_batch_norm: bool = False,
+        block_index: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -263,6 +282,7 @@ class MBConvBlock(tf_keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.sync_batch_norm = sync_batch_norm
+        self.block_index = block_index
 
         def norm(name):
             return tf_keras.layers.BatchNormalization(
@@ -274,12 +294,12 @@ class MBConvBlock(tf_keras.layers.Layer):
 
         inner = width * expansion
         self.pre_norm = norm("pre_norm")
-        # 1x1 convs run as matmuls (ops.conv1x1): same variables.
-        self.expand_conv = ops.Conv1x1(
+        self.expand_conv = tf_keras.layers.Conv2D(
             inner,
+            1,
             strides=stride,
             use_bias=False,  # A BatchNorm follows.
-            kernel_initializer=ops.conv_init(),
+            kernel_initializer=conv_init(),
             name="expand_conv",
         )
         self.expand_norm = norm("expand_norm")
@@ -287,7 +307,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             3,
             padding="same",
             use_bias=False,
-            depthwise_initializer=ops.conv_init(),
+            depthwise_initializer=conv_init(),
             name="depthwise_conv",
         )
         self.depthwise_norm = norm("depthwise_norm")
@@ -297,150 +317,56 @@ class MBConvBlock(tf_keras.layers.Layer):
             if squeeze
             else None
         )
-        self.project_conv = ops.Conv1x1(
-            width, kernel_initializer=ops.conv_init(), name="project_conv"
+        self.project_conv = tf_keras.layers.Conv2D(
+            width, 1, kernel_initializer=conv_init(), name="project_conv"
         )
-        self.drop_path = StochasticDepth(drop_path_rate, name="drop_path")
+        self.drop_path = StochasticDepth(
+            drop_path_rate, block_index, name="drop_path"
+        )
         self.shortcut_proj = None
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
         if int(input_shape[-1]) != self.width:
-            self.shortcut_proj = ops.Conv1x1(
+            self.shortcut_proj = tf_keras.layers.Conv2D(
                 self.width,
-                kernel_initializer=ops.conv_init(),
+                1,
+                kernel_initializer=conv_init(),
                 name="shortcut_proj",
             )
-        # Every sublayer is built here, because inference may skip calling
-        # some of them (`_folded_inference`).
         inner = input_shape[:-1].concatenate([self.width * self.expansion])
-        for layer, shape in (
-            (self.pre_norm, input_shape),
-            (self.expand_conv, input_shape),
-            (self.expand_norm, inner),
-            (self.depthwise_conv, inner),
-            (self.depthwise_norm, inner),
-            (self.se, inner),
-            (self.project_conv, inner),
-        ):
-            if layer is not None:
-                with tf.name_scope(layer.name):
-                    layer.build(shape)
+        build_sublayers(
+            (
+                (self.pre_norm, input_shape),
+                (self.expand_conv, input_shape),
+                (self.expand_norm, inner),
+                (self.depthwise_conv, inner),
+                (self.depthwise_norm, inner),
+                (self.se, inner),
+                (self.project_conv, inner),
+                (self.shortcut_proj, input_shape),
+            )
+        )
         super().build(input_shape)
 
-    def _folded_inference(self, inputs):
-        """The residual branch at inference, BatchNorms folded.
-
-        With moving statistics a BatchNorm is a per-channel affine map, so
-        pre_norm and expand_norm fold into the 1x1 expansion, which then
-        runs as one matmul + bias + GELU (a single fused oneDNN op), and
-        depthwise_norm folds into the depthwise kernel plus a bias.
-
-        The depthwise GELU has no fused kernel: the depthwise kernel and
-        bias are scaled for `ops.sqrt2_gelu_of_scaled` (three passes over
-        S1's and S2's largest maps instead of five), and the remaining
-        1 / sqrt(2) folds into the SE mean and the projection kernel.
-        """
-        dtype = inputs.dtype
-        scale1, shift1 = ops.batch_norm_affine(self.pre_norm, dtype)
-        scale2, shift2 = ops.batch_norm_affine(self.expand_norm, dtype)
-        scale3, shift3 = ops.batch_norm_affine(self.depthwise_norm, dtype)
-        kernel = self.expand_conv.matrix()  # [C_in, C_inner]
-        # BN2(W^T (s1 x + t1)) = (s1 W s2)^T x + (t1 W) s2 + t2.
-        folded = scale1[:, None] * kernel * scale2
-        bias = tf.linalg.matvec(kernel, shift1, transpose_a=True)
-        bias = bias * scale2 + shift2
-        x = self.expand_conv.sampled(inputs)
-        shape = tf.shape(x)
-        x = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), folded)
-        x = ops.gelu(tf.nn.bias_add(x, bias), self.gelu_approximate)
-        x = tf.reshape(x, tf.concat([shape[:3], [kernel.shape[1]]], 0))
-        depthwise = self.depthwise_conv.depthwise_kernel * scale3[:, None]
-        if self.gelu_approximate:
-            x = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
-            x = ops.gelu(tf.nn.bias_add(x, shift3), approximate=True)
-            factor = 1.0
-        else:
-            factor = ops.SQRT_HALF
-            c = tf.cast(factor, dtype)
-            u = tf.nn.depthwise_conv2d(x, depthwise * c, [1, 1, 1, 1], "SAME")
-            u = tf.nn.bias_add(u, shift3 * c)
-            x = ops.sqrt2_gelu_of_scaled(u)
-        return self._project(x, factor)
-
-    def _expand_stats_from_input(self) -> bool:
-        """Whether training takes expand_norm's statistics from its input.
-
-        `ops.batch_normalized_pixel_matmul` saves memory passes on CPUs and
-        GPUs. Not with synchronized BatchNorm (its statistics are
-        all-reduced by the layer), nor on TPUs, where XLA fuses the
-        BatchNorm into the conv and the covariance matmul would only add
-        FLOPs, nor for a frozen expand_norm, which Keras runs on its moving
-        statistics.
-        """
-        strategy = tf.distribute.get_strategy()
-        return (
-            not self.sync_batch_norm
-            and self.expand_norm.trainable
-            and not isinstance(strategy, tf.distribute.TPUStrategy)
-        )
-
-    def _normalized_expansion(self, x):
-        """expand_norm(expand_conv(x)) in training, statistics from x.
-
-        The same values, gradients and moving-average updates as the two
-        layers.
-        """
-        norm = self.expand_norm
-        x = self.expand_conv.sampled(x)
-        y, mean, variance = ops.batch_normalized_pixel_matmul(
-            x, self.expand_conv.matrix(), norm.gamma, norm.beta, norm.epsilon
-        )
-        # The layer's own update; it leaves the averages for an empty batch
-        # (a replica's share of a short last batch), whose statistics are
-        # NaN.
-        for average, value in (
-            (norm.moving_mean, mean),
-            (norm.moving_variance, variance),
-        ):
-            norm._assign_moving_average(
-                average, value, norm.momentum, tf.size(x)
-            )
-        return y
-
-    def _project(self, x, factor: float = 1.0):
-        """SE and the projection of `factor * x` (SE gate in the kernel)."""
-        kernel = tf.cast(self.project_conv.matrix(), x.dtype)
-        if factor != 1.0:
-            kernel = kernel * tf.cast(factor, x.dtype)
-        if self.se is None:
-            y = ops.pixel_matmul(x, kernel)
-        else:
-            gate = self.se.gate(x, factor)
-            y = ops.gated_pixel_matmul(x, gate, kernel)
-        return tf.nn.bias_add(y, tf.cast(self.project_conv.bias, x.dtype))
+    def shortcut(self, inputs: tf.Tensor) -> tf.Tensor:
+        """Proj(Pool(x)) of Eq. 5: the identity when shapes agree."""
+        if self.stride == 2:
+            inputs = max_pool_2x2(inputs)
+        if self.shortcut_proj is not None:
+            inputs = self.shortcut_proj(inputs)
+        return inputs
 
     def call(self, inputs, training=None):
-        shortcut = inputs
-        if self.stride == 2:
-            shortcut = ops.max_pool_2x2(shortcut)
-        if self.shortcut_proj is not None:
-            shortcut = self.shortcut_proj(shortcut)
-
-        if not training:
-            return shortcut + self._folded_inference(inputs)
-
         x = self.pre_norm(inputs, training=training)
-        if self._expand_stats_from_input():
-            x = self._normalized_expansion(x)
-        else:
-            x = self.expand_norm(self.expand_conv(x), training=training)
-        x = ops.gelu(x, self.gelu_approximate, training)
-        x = self.depthwise_conv(x)
-        x = self.depthwise_norm(x, training=training)
-        x = ops.gelu(x, self.gelu_approximate, training)
-        x = self._project(x)
-        return shortcut + self.drop_path(x, training=training)
+        x = self.expand_norm(self.expand_conv(x), training=training)
+        x = gelu(x, self.gelu_approximate)
+        x = self.depthwise_norm(self.depthwise_conv(x), training=training)
+        x = gelu(x, self.gelu_approximate)
+        if self.se is not None:
+            x = self.se(x)
+        x = self.project_conv(x)
+        return self.shortcut(inputs) + self.drop_path(x, training=training)
 
     def get_config(self):
         return {
@@ -454,6 +380,7 @@ class MBConvBlock(tf_keras.layers.Layer):
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "sync_batch_norm": self.sync_batch_norm,
+            "block_index": self.block_index,
         }
 
 
@@ -499,7 +426,7 @@ class ClassificationHead(tf_keras.layers.Layer):
             self.pre_logits = tf_keras.layers.Dense(
                 pre_logits_size,
                 activation="tanh",
-                kernel_initializer=ops.DENSE_INIT,
+                kernel_initializer=DENSE_INIT,
                 name="pre_logits",
             )
         self.dropout = tf_keras.layers.Dropout(dropout_rate, name="dropout")

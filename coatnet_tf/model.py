@@ -21,7 +21,9 @@ import tensorflow as tf
 import tf_keras
 
 from coatnet_tf import config as config_lib
-from coatnet_tf.layers import ClassificationHead, ConvStem, MBConvBlock
+from coatnet_tf import kernels as kernels_lib
+from coatnet_tf.layers import ClassificationHead
+from coatnet_tf.noise import NoiseState, StochasticDepth
 from coatnet_tf.relative_position import RelativeAttention
 from coatnet_tf.transformer import TransformerBlock
 
@@ -35,7 +37,12 @@ class CoAtNet(tf_keras.Model):
     pooled features [B, D] when num_classes is 0).
 
     Checkpoint layout (the attribute path of every variable): `stem`,
-    `blocks/<i>` (flat over stages), `head` with `head/classifier`.
+    `blocks/<i>` (flat over stages), `head` with `head/classifier`; the
+    same for both kernel settings (`config.kernels`).
+
+    Stochastic depth draws its masks from `noise_state` (see
+    `coatnet_tf.noise`): call `set_noise_state(seed, step)` before each
+    training step; while it is unset, training mode drops no branch.
 
     Args:
       config: a `CoAtNetConfig` or its `to_dict()` form.
@@ -48,7 +55,8 @@ class CoAtNet(tf_keras.Model):
         kwargs.setdefault("name", config.name.replace("-", "_"))
         super().__init__(**kwargs)
         self.config = config
-        self.stem = ConvStem(
+        classes = kernels_lib.layer_classes(config.kernels)
+        self.stem = classes.stem(
             config.stem_width,
             gelu_approximate=config.gelu_approximate,
             bn_momentum=config.bn_momentum,
@@ -64,7 +72,7 @@ class CoAtNet(tf_keras.Model):
                 stride = stage.stride if j == 0 else 1
                 name = f"block_{s + 1}_{j}"
                 if stage.kind == config_lib.MBCONV:
-                    block = MBConvBlock(
+                    block = classes.mbconv(
                         stage.width,
                         stride=stride,
                         expansion=config.mbconv_expansion,
@@ -74,10 +82,11 @@ class CoAtNet(tf_keras.Model):
                         bn_momentum=config.bn_momentum,
                         bn_epsilon=config.bn_epsilon,
                         sync_batch_norm=config.sync_batch_norm,
+                        block_index=len(blocks),
                         name=name,
                     )
                 else:
-                    block = TransformerBlock(
+                    block = classes.transformer(
                         stage.width,
                         config.head_size,
                         grids[s],
@@ -86,6 +95,7 @@ class CoAtNet(tf_keras.Model):
                         drop_path_rate=next(rates),
                         gelu_approximate=config.gelu_approximate,
                         ln_epsilon=config.ln_epsilon,
+                        block_index=len(blocks),
                         name=name,
                     )
                 blocks.append(block)
@@ -101,6 +111,34 @@ class CoAtNet(tf_keras.Model):
             ln_epsilon=config.ln_epsilon,
             name="head",
         )
+        # A plain attribute holder, which Keras does not track: the state is
+        # no weight and no part of checkpoints (see `NoiseState`).
+        self.noise_state = NoiseState()
+        for block in blocks:
+            block.drop_path.noise_state = self.noise_state
+
+    def set_noise_state(self, seed, step) -> None:
+        """Keys the stochastic-depth masks of the next training step.
+
+        Masks are a function of (seed, step, replica id, block index,
+        branch) only, so a run resumed at step s draws the masks of the
+        unbroken run. Call it before each step, in eager code or in the
+        cross-replica part of a `tf.function` (a replica context works as
+        well: the first replica's value is kept).
+
+        Args:
+          seed: the run's seed (int or int tensor).
+          step: the step about to run, >= 0 (int or int tensor).
+        """
+        self.noise_state.set(seed, step)
+
+    def clear_noise_state(self) -> None:
+        """Unsets the noise state: training mode then drops no branch."""
+        self.noise_state.clear()
+
+    def drop_path_layers(self) -> list[StochasticDepth]:
+        """Every stochastic-depth layer, in block order."""
+        return [block.drop_path for block in self.blocks]
 
     @property
     def classifier(self) -> tf_keras.layers.Dense | None:
@@ -183,7 +221,8 @@ def create_model(
       **overrides: other `CoAtNetConfig` fields, e.g. `drop_path_rate`,
         `dropout_rate`, `head_init_bias`, `pre_logits`, `pre_logits_size`,
         `head_size`, `gelu_approximate`, `bn_momentum`, `bn_epsilon`,
-        `sync_batch_norm`, `ln_epsilon` (see `CoAtNetConfig` for each).
+        `sync_batch_norm`, `ln_epsilon`, `kernels` (see `CoAtNetConfig` for
+        each).
 
     Returns:
       A `CoAtNet`.

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf.ops import DENSE_INIT
+from coatnet_tf.layers import DENSE_INIT
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
 
@@ -80,11 +80,12 @@ def relative_position_bias(table: tf.Tensor, index: np.ndarray) -> tf.Tensor:
     return tf.transpose(tf.reshape(bias, [n, n, heads]), [2, 0, 1])
 
 
-def source_grid_size(table_shape) -> tuple[int, int]:
+def grid_size(table_shape) -> tuple[int, int]:
     """Token grid (h, w) a bias table of shape [heads, 2h-1, 2w-1] serves.
 
-    Exact integer arithmetic: (rows + 1) // 2 on odd sizes, never a floor of
-    a float resolution ratio.
+    The one place the grid is derived from a table shape (checkpoint
+    restore, resizing, reports). Exact integer arithmetic: (rows + 1) // 2
+    on odd sizes, never a floor of a float resolution ratio.
 
     Args:
       table_shape: a shape [heads, rows, cols] (list, tuple or TensorShape).
@@ -122,7 +123,7 @@ def resize_relative_position_bias(table, height: int, width: int):
     Raises:
       ValueError: `table` is not [heads, odd, odd] or the target is empty.
     """
-    source_grid_size(np.shape(table))  # Validates the shape.
+    grid_size(np.shape(table))  # Validates the shape.
     if height < 1 or width < 1:
         raise ValueError(f"Invalid target grid {height}x{width}.")
     target = (2 * height - 1, 2 * width - 1)

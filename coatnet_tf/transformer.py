@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf.layers import StochasticDepth
-from coatnet_tf.ops import DENSE_INIT, gelu, max_pool_2x2
+from coatnet_tf.layers import DENSE_INIT, gelu, max_pool_2x2
+from coatnet_tf.noise import StochasticDepth
 from coatnet_tf.relative_position import RelativeAttention
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
@@ -50,10 +50,15 @@ class FeedForward(tf_keras.layers.Layer):
             hidden_size, kernel_initializer=DENSE_INIT, name="shrink"
         )
 
+    def activation(self, x: tf.Tensor, training=None) -> tf.Tensor:
+        """The GELU between the two dense layers."""
+        del training  # The same function in training and inference.
+        return gelu(x, self.gelu_approximate)
+
     def call(self, inputs, training=None):
         shape = tf.shape(inputs)
         x = tf.reshape(inputs, [-1, inputs.shape[-1]])  # 2D for one matmul.
-        x = self.shrink(gelu(self.expand(x), self.gelu_approximate, training))
+        x = self.shrink(self.activation(self.expand(x), training))
         x = tf.reshape(x, tf.concat([shape[:-1], [self.hidden_size]], 0))
         x.set_shape(inputs.shape[:-1].concatenate([self.hidden_size]))
         return x
@@ -88,8 +93,13 @@ class TransformerBlock(tf_keras.layers.Layer):
       drop_path_rate: stochastic depth rate of both residual branches.
       gelu_approximate: tanh-approximate GELU.
       ln_epsilon: LayerNorm epsilon.
+      block_index: the block's index in the model, which keys its
+        stochastic-depth masks (`coatnet_tf.noise`).
       **kwargs: base `Layer` arguments.
     """
+
+    # The FFN's class; `coatnet_tf.kernels` swaps in its fused GELU.
+    feed_forward_class = FeedForward
 
     def __init__(
         self,
@@ -101,6 +111,7 @@ class TransformerBlock(tf_keras.layers.Layer):
         drop_path_rate: float = 0.0,
         gelu_approximate: bool = False,
         ln_epsilon: float = 1e-5,
+        block_index: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -114,6 +125,7 @@ class TransformerBlock(tf_keras.layers.Layer):
         self.drop_path_rate = drop_path_rate
         self.gelu_approximate = gelu_approximate
         self.ln_epsilon = ln_epsilon
+        self.block_index = block_index
         self.attn_norm = tf_keras.layers.LayerNormalization(
             epsilon=ln_epsilon, name="attn_norm"
         )
@@ -123,10 +135,12 @@ class TransformerBlock(tf_keras.layers.Layer):
         self.ffn_norm = tf_keras.layers.LayerNormalization(
             epsilon=ln_epsilon, name="ffn_norm"
         )
-        self.ffn = FeedForward(
+        self.ffn = self.feed_forward_class(
             hidden_size, ffn_expansion, gelu_approximate, name="ffn"
         )
-        self.drop_path = StochasticDepth(drop_path_rate, name="drop_path")
+        self.drop_path = StochasticDepth(
+            drop_path_rate, block_index, name="drop_path"
+        )
         self.shortcut_proj = None
 
     def build(self, input_shape):
@@ -146,7 +160,8 @@ class TransformerBlock(tf_keras.layers.Layer):
             shortcut = self.shortcut_proj(shortcut)
         x = shortcut + self.drop_path(self.attention(x), training=training)
         y = self.ffn(self.ffn_norm(x), training=training)
-        return x + self.drop_path(y, training=training)
+        # draw=1: the FFN branch's mask is independent of the attention's.
+        return x + self.drop_path(y, training=training, draw=1)
 
     def get_config(self):
         return {
@@ -159,4 +174,5 @@ class TransformerBlock(tf_keras.layers.Layer):
             "drop_path_rate": self.drop_path_rate,
             "gelu_approximate": self.gelu_approximate,
             "ln_epsilon": self.ln_epsilon,
+            "block_index": self.block_index,
         }

@@ -250,8 +250,7 @@ def _bias_section(
     ).get_variable_to_shape_map()[names[0]]
     src_size = model_io.read_spec(source.uri).image_size
     dst_size = model_io.read_spec(target.uri).image_size
-    # A [heads, 2h-1, 2w-1] table covers an h x w token grid.
-    new_h, new_w = (target_shape[1] + 1) // 2, (target_shape[2] + 1) // 2
+    new_h, new_w = coatnet_tf.grid_size(target_shape)
     resized = coatnet_tf.resize_relative_position_bias(
         tf.constant(table), new_h, new_w
     ).numpy()

@@ -40,7 +40,10 @@ class ModelConfig:
       head_init_bias: initial classifier bias; None means -10 for a sigmoid
         loss (big_vision's i21k/JFT value: every logit starts at p~4.5e-5,
         near the true label frequency over ~20K classes) and 0 otherwise.
-      overrides: further `coatnet_tf.create_model` keyword overrides.
+      overrides: further `coatnet_tf.create_model` keyword overrides; not
+        `image_size` (set `image_size` above: the model, its datasets and
+        the Model artifact read that one field) nor `num_classes` (the
+        Examples artifact's label count).
     """
 
     variant: str = "coatnet-0"
@@ -57,6 +60,16 @@ class ModelConfig:
     dropout_rate: float = 0.0
     head_init_bias: float | None = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        owners = {
+            "image_size": "set model.image_size (--image_size) instead",
+            "num_classes": "it is the Examples artifact's label count",
+        }
+        for key in sorted(set(self.overrides) & set(owners)):
+            raise ValueError(
+                f"model.overrides may not set {key!r}: {owners[key]}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

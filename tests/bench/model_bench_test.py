@@ -6,6 +6,7 @@ not judged here (a test cannot time a shared machine); the report's
 shape, units and internal consistency are.
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -51,47 +52,58 @@ class ModelBenchTest(tf.test.TestCase):
         self.assertEqual(report["flops_per_image"]["train_step"], 3 * forward)
         for dtype in ("float32", "bfloat16"):
             self.assertGreater(report["peak_gflops"][dtype]["median"], 0)
-        for policy in ("float32", "mixed_bfloat16"):
-            for kind in ("forward", "train_step"):
-                entry = report[policy][kind]
-                ips = entry["images_per_s"]
-                self.assertGreater(ips["median"], 0)
-                self.assertGreaterEqual(ips["best"], ips["median"])
-                # GFLOP/s = images/s x FLOPs per image.
-                flops = report["flops_per_image"][kind]
+        self.assertEqual(report["kernels"], ["fused", "reference"])
+        for setting, policy, kind in itertools.product(
+            ("fused", "reference"),
+            ("float32", "mixed_bfloat16"),
+            ("forward", "train_step"),
+        ):
+            entry = report[setting][policy][kind]
+            ips = entry["images_per_s"]
+            self.assertGreater(ips["median"], 0)
+            self.assertGreaterEqual(ips["best"], ips["median"])
+            # GFLOP/s = images/s x FLOPs per image.
+            flops = report["flops_per_image"][kind]
+            self.assertAllClose(
+                entry["gflops"]["best"], ips["best"] * flops / 1e9
+            )
+            # A model cannot run 5x above the machine's matmul rate.
+            fraction = entry["fraction_of_fp32_peak"]["median"]
+            self.assertBetween(fraction, 0.0, 5.0)
+            # Each round's fraction is its GFLOP/s over its own peak.
+            rounds = entry["rounds"]
+            self.assertLen(rounds, 2)
+            fractions = [
+                r["images_per_s"] * flops / 1e9 / r["peak_gflops"]["float32"]
+                for r in rounds
+            ]
+            self.assertAllClose(
+                max(fractions), entry["fraction_of_fp32_peak"]["best"]
+            )
+            for r in rounds:  # The mean of the two bracketing peaks.
                 self.assertAllClose(
-                    entry["gflops"]["best"], ips["best"] * flops / 1e9
+                    r["peak_gflops"]["float32"],
+                    (r["peak_before"]["float32"] + r["peak_after"]["float32"])
+                    / 2,
                 )
-                # A model cannot run 5x above the machine's matmul rate.
-                fraction = entry["fraction_of_fp32_peak"]["median"]
-                self.assertBetween(fraction, 0.0, 5.0)
-                # Each round's fraction is its GFLOP/s over its own peak.
-                rounds = entry["rounds"]
-                self.assertLen(rounds, 2)
-                fractions = [
-                    r["images_per_s"]
-                    * flops
-                    / 1e9
-                    / r["peak_gflops"]["float32"]
-                    for r in rounds
-                ]
+            profile = entry["op_profile"]["fraction"]
+            self.assertAllClose(sum(profile.values()), 1.0)
+            if setting == "fused":
+                speedup = entry["speedup_vs_reference"]
                 self.assertAllClose(
-                    max(fractions), entry["fraction_of_fp32_peak"]["best"]
+                    speedup["median"],
+                    ips["median"]
+                    / report["reference"][policy][kind]["images_per_s"][
+                        "median"
+                    ],
                 )
-                for r in rounds:  # The mean of the two bracketing peaks.
-                    self.assertAllClose(
-                        r["peak_gflops"]["float32"],
-                        (
-                            r["peak_before"]["float32"]
-                            + r["peak_after"]["float32"]
-                        )
-                        / 2,
-                    )
-                profile = entry["op_profile"]["fraction"]
-                self.assertAllClose(sum(profile.values()), 1.0)
-        speedup = report["mixed_bfloat16"]["train_step"]["speedup_vs_float32"]
-        self.assertGreater(speedup["median"], 0)
-        goals = report["goals"]
+        fused = report["fused"]["mixed_bfloat16"]["train_step"]
+        self.assertGreater(fused["speedup_vs_float32"]["median"], 0)
+        self.assertNotIn(
+            "speedup_vs_reference", report["reference"]["float32"]["forward"]
+        )
+        self.assertEqual(set(report["goals"]), {"fused", "reference"})
+        goals = report["goals"]["fused"]
         self.assertEqual(
             set(goals),
             {

@@ -108,6 +108,7 @@ class ConfigTest(tf.test.TestCase, parameterized.TestCase):
         dict(num_classes=-1),
         dict(head_size=100),  # S3 width 384 is not a multiple of 100.
         dict(image_size=(0, 224)),
+        dict(kernels="xla"),
     )
     def test_rejects_invalid_values(self, **override):
         with self.assertRaises(ValueError):
@@ -133,9 +134,26 @@ class ConfigTest(tf.test.TestCase, parameterized.TestCase):
         steps = [b - a for a, b in zip(rates, rates[1:])]
         self.assertAllClose(steps, [0.3 / 23] * 23)
 
+    def test_kernels_field(self):
+        # "fused" is the default: what training and CPU serving run.
+        self.assertEqual(coatnet_tf.get_config("coatnet-0").kernels, "fused")
+        config = coatnet_tf.get_config("coatnet-0", kernels="reference")
+        self.assertEqual(config.to_dict()["kernels"], "reference")
+        with self.assertRaisesRegex(ValueError, "kernels 'xla' not in"):
+            coatnet_tf.get_config("coatnet-0", kernels="xla")
+        # A dict written before the field existed reads as "fused".
+        values = config.to_dict()
+        del values["kernels"]
+        self.assertEqual(
+            config_lib.CoAtNetConfig.from_dict(values).kernels, "fused"
+        )
+
     def test_json_round_trip(self):
         config = coatnet_tf.get_config(
-            "coatnet-6", image_size=(512, 384), drop_path_rate=0.1
+            "coatnet-6",
+            image_size=(512, 384),
+            drop_path_rate=0.1,
+            kernels="reference",
         )
         restored = config_lib.CoAtNetConfig.from_dict(
             json.loads(json.dumps(config.to_dict()))

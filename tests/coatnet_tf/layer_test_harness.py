@@ -11,6 +11,13 @@
   output;
 - optionally XLA: the forward pass compiles with `jit_compile=True` and
   matches the eager output; the training-mode pass compiles as well.
+
+`LayerTestCase.run_kernels_test` checks a fused layer
+(`coatnet_tf.kernels.fused`) against its reference layer: the same config
+and variables, and the same outputs in inference and training, the same
+gradients (input and every trainable variable) and the same BatchNorm
+moving statistics after a training call: equal in float32, and in
+mixed_bfloat16 no further from the float32 values than the reference.
 """
 
 import os
@@ -94,6 +101,127 @@ class LayerTestCase(tf.test.TestCase, parameterized.TestCase):
                 self.assertEqual(out.shape, tuple(expected_output_shape))
                 self.assertTrue(np.all(np.isfinite(out)))
 
+    def run_kernels_test(
+        self,
+        reference_cls,
+        fused_cls,
+        init_kwargs,
+        input_shape,
+        noise_state=None,
+        atol=1e-4,
+        bf16_factor=4.0,
+    ):
+        """Checks that `fused_cls` computes what `reference_cls` does.
+
+        Both layers get the same weights, with BatchNorm moving statistics
+        and affine parameters away from their initial values so that
+        folding them is exercised. In float32 outputs, gradients and moving
+        statistics must agree to `atol` (absolute and relative). In
+        mixed_bfloat16 both paths round at different points, so each is
+        measured against the float32 reference: the fused path's error
+        (RMS) may be at most `bf16_factor` times the reference path's own,
+        plus 3% of the quantity's RMS (a few bfloat16 roundings, 0.4%
+        each, accumulated in a sum). (The fused MBConv folds the SE gate
+        into a bfloat16 matmul, whose gate gradient sums over the pixels
+        in bfloat16 products: ~3x the reference's error there.)
+
+        Args:
+          reference_cls: the reference layer class.
+          fused_cls: its fused subclass.
+          init_kwargs: constructor arguments of both.
+          input_shape: full input shape, batch included.
+          noise_state: a `coatnet_tf.NoiseState` given to both layers'
+            stochastic depth, so that training drops the same examples.
+          atol: float32 tolerance.
+          bf16_factor: allowed mixed_bfloat16 error, relative to the
+            reference path's.
+        """
+        self.assertTrue(issubclass(fused_cls, reference_cls))
+        x = self._inputs(input_shape) * 1.5 + 0.5
+        weights, results = None, {}
+        for policy in ("float32", "mixed_bfloat16"):
+            tf_keras.mixed_precision.set_global_policy(policy)
+            try:
+                # One name: variable names follow it.
+                pair = [
+                    cls(**init_kwargs, name="layer")
+                    for cls in (reference_cls, fused_cls)
+                ]
+                for layer in pair:
+                    layer(x[:1], training=False)
+                    if noise_state is not None:
+                        for sub in _sublayers(layer):
+                            if hasattr(sub, "noise_state"):
+                                sub.noise_state = noise_state
+                weights = weights or self._distinct_weights(pair[0])
+                for layer in pair:
+                    layer.set_weights(weights)
+                ref, fused = pair
+                self.assertEqual(fused.get_config(), ref.get_config())
+                self.assertEqual(
+                    [(v.name, v.shape) for v in fused.weights],
+                    [(v.name, v.shape) for v in ref.weights],
+                )
+                results[policy] = [
+                    self._run_both_modes(layer, x) for layer in pair
+                ]
+            finally:
+                tf_keras.mixed_precision.set_global_policy("float32")
+        names = results["float32"][0]["names"]
+        truth = results["float32"][0]["values"]
+        for name, want, got in zip(
+            names, truth, results["float32"][1]["values"]
+        ):
+            msg = f"{fused_cls.__name__} float32: {name}"
+            self.assertAllClose(got, want, atol=atol, rtol=atol, msg=msg)
+        for name, want, ref, got in zip(
+            names,
+            truth,
+            results["mixed_bfloat16"][0]["values"],
+            results["mixed_bfloat16"][1]["values"],
+        ):
+            msg = f"{fused_cls.__name__} mixed_bfloat16: {name}"
+            self.assertTrue(np.all(np.isfinite(got)), msg)
+            allowed = bf16_factor * _rms(ref - want) + 0.03 * _rms(want)
+            self.assertLessEqual(_rms(got - want), allowed + 1e-7, msg)
+
+    @staticmethod
+    def _distinct_weights(layer):
+        """The layer's weights, BatchNorms made non-trivial."""
+        values = []
+        for i, var in enumerate(layer.weights):
+            shape, name = var.shape, var.name
+            seed = [i, 17]
+            if "moving_variance" in name or "gamma" in name:
+                value = tf.random.stateless_uniform(shape, seed, 0.5, 1.5)
+            elif "moving_mean" in name or "beta" in name:
+                value = 0.3 * tf.random.stateless_normal(shape, seed)
+            else:
+                value = var.numpy()
+            values.append(np.asarray(value, np.float32))
+        return values
+
+    @staticmethod
+    def _run_both_modes(layer, x):
+        """Inference output, training output, gradients and statistics."""
+        names, values = ["inference output"], []
+        values.append(tf.cast(layer(x, training=False), tf.float32).numpy())
+        variables = layer.trainable_variables
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(layer(x, training=True), tf.float32)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        grads = tape.gradient(loss, [x] + variables)
+        names.append("training output")
+        values.append(y.numpy())
+        for var, grad in zip(["input"] + variables, grads):
+            names.append(f"gradient of {getattr(var, 'name', var)}")
+            values.append(tf.convert_to_tensor(grad).numpy())
+        for var in layer.non_trainable_weights:
+            names.append(f"{var.name} after a training step")
+            values.append(var.numpy())
+        return {"names": names, "values": values}
+
     def _check_config_round_trip(self, layer, x, y, call_kwargs):
         config = layer.get_config()
         clone = layer.__class__.from_config(config)
@@ -145,3 +273,12 @@ class LayerTestCase(tf.test.TestCase, parameterized.TestCase):
         tf.saved_model.save(module, path)
         loaded = tf.saved_model.load(path)
         self.assertAllClose(loaded.call(x), y, atol=1e-6)
+
+
+def _rms(values) -> float:
+    return float(np.sqrt(np.mean(np.square(values))))
+
+
+def _sublayers(layer):
+    """`layer` and every layer nested in it."""
+    return [layer, *layer.submodules]

@@ -1,4 +1,4 @@
-"""Tests for the convolutional layers: stem, SE, MBConv, head, drop path."""
+"""Tests for the convolutional layers: stem, SE, MBConv, head."""
 
 import numpy as np
 import tensorflow as tf
@@ -6,7 +6,7 @@ import tf_keras
 from absl.testing import parameterized
 
 import coatnet_tf
-from coatnet_tf import ops
+from coatnet_tf.kernels import fused
 from tests.coatnet_tf import layer_test_harness
 
 
@@ -74,230 +74,22 @@ class HarnessTest(layer_test_harness.LayerTestCase):
         )
 
 
-class GradientTest(tf.test.TestCase, parameterized.TestCase):
-    """Hand-written gradients equal TensorFlow's own."""
-
-    @staticmethod
-    def grads(conv, x, kernel):
-        """d/dx and d/dkernel of a nonlinear loss of conv(x, kernel)."""
-        with tf.GradientTape() as tape:
-            tape.watch([x, kernel])
-            y = conv(x, kernel)
-            loss = tf.reduce_sum(y * tf.sin(y))
-        return tape.gradient(loss, [x, kernel])
-
-    def assert_same_conv(self, ours, reference, x, kernel):
-        self.assertAllClose(ours(x, kernel), reference(x, kernel), atol=1e-5)
-        for a, b in zip(
-            self.grads(ours, x, kernel), self.grads(reference, x, kernel)
-        ):
-            self.assertAllClose(a, b, atol=1e-4, rtol=1e-5)
-
-    @parameterized.parameters(
-        (2, 5, 7, 3, 4), (1, 1, 1, 2, 2), (3, 8, 6, 16, 8)
-    )
-    def test_conv3x3_stride1(self, b, h, w, c, o):
-        x = tf.random.stateless_normal([b, h, w, c], seed=[h, w])
-        kernel = tf.random.stateless_normal([3, 3, c, o], seed=[c, o])
-        self.assert_same_conv(
-            ops.conv3x3_same,
-            lambda t, k: tf.nn.conv2d(t, k, 1, "SAME"),
-            x,
-            kernel,
-        )
-
-    def test_conv3x3_kernel_grad_with_unknown_batch(self):
-        x = tf.random.stateless_normal([2, 5, 4, 3], seed=[5, 5])
-        dy = tf.random.stateless_normal([2, 5, 4, 6], seed=[6, 6])
-        spec = [
-            tf.TensorSpec([None, 5, 4, 3]),
-            tf.TensorSpec([None, 5, 4, 6]),
-        ]
-        dynamic = tf.function(ops.conv3x3_kernel_grad, input_signature=spec)
-        self.assertAllClose(
-            dynamic(x, dy), ops.conv3x3_kernel_grad(x, dy), atol=1e-5
-        )
-
-    @parameterized.parameters(
-        # Even and odd sides: SAME pads 0/1 or 1/1 for stride 2; even
-        # sides take the patches from phases, odd ones extract_patches.
-        (2, 8, 6, 3, 4),
-        (2, 4, 4, 3, 5),
-        (1, 7, 5, 3, 2),
-        (2, 1, 2, 2, 3),
-        (1, 9, 9, 5, 6),
-    )
-    def test_conv3x3_stride2(self, b, h, w, c, o):
-        x = tf.random.stateless_normal([b, h, w, c], seed=[h, w + 1])
-        kernel = tf.random.stateless_normal([3, 3, c, o], seed=[c, o + 1])
-        self.assert_same_conv(
-            ops.conv3x3_stride2,
-            lambda t, k: tf.nn.conv2d(t, k, 2, "SAME"),
-            x,
-            kernel,
-        )
-
-    @parameterized.parameters(
-        # Even batches split the kernel gradient in halves up to 96 input
-        # channels; odd batches and wider inputs do not.
-        (1, 2, 4, 6, 3, 5),
-        (2, 2, 5, 7, 3, 4),
-        (2, 1, 5, 7, 3, 4),
-        (1, 2, 3, 3, 100, 4),
-        (2, 2, 6, 4, 3, 5),  # Even sides: subsample_2x's own gradient.
-    )
-    def test_conv1x1(self, stride, b, h, w, c, o):
-        x = tf.random.stateless_normal([b, h, w, c], seed=[h, stride])
-        kernel = tf.random.stateless_normal([1, 1, c, o], seed=[c, o])
-        self.assert_same_conv(
-            lambda t, k: ops.conv1x1(t, k, stride),
-            lambda t, k: tf.nn.conv2d(t, k, stride, "VALID"),
-            x,
-            kernel,
-        )
-
-    @parameterized.parameters(
-        (ops.Conv3x3, 1, "SAME"),
-        (ops.Conv3x3, 2, "SAME"),
-        (ops.Conv1x1, 1, "VALID"),
-        (ops.Conv1x1, 2, "VALID"),
-    )
-    def test_conv_layer(self, cls, stride, padding):
-        layer = cls(4, strides=stride)
-        x = tf.random.stateless_normal([1, 5, 7, 2], seed=[0, 3])
-        y = layer(x)
-        self.assertAllClose(
-            y,
-            tf.nn.conv2d(x, layer.kernel, stride, padding) + layer.bias,
-            atol=1e-6,
-        )
-        clone = cls.from_config(layer.get_config())
-        self.assertEqual(clone.get_config(), layer.get_config())
-        self.assertEqual(clone.strides, (stride, stride))
-        with self.assertRaisesRegex(ValueError, "strides must be 1 or 2"):
-            cls(4, strides=3)
-
-    def test_model_uses_the_fast_convs(self):
-        stem = coatnet_tf.ConvStem(4)
-        self.assertIsInstance(stem.conv0, ops.Conv3x3)
-        self.assertEqual(stem.conv0.strides, (2, 2))
-        self.assertIsInstance(stem.conv1, ops.Conv3x3)
-        block = coatnet_tf.MBConvBlock(8, stride=2)
-        block(tf.zeros([1, 4, 4, 6]))
-        for conv in (
-            block.expand_conv,
-            block.project_conv,
-            block.shortcut_proj,
-        ):
-            self.assertIsInstance(conv, ops.Conv1x1)
-        self.assertEqual(block.expand_conv.strides, (2, 2))
-
-    @parameterized.parameters((1, 8), (2, 6), (4, 1))
-    def test_matmul_tn(self, groups, rows_per_group):
-        a = tf.random.stateless_normal([groups * rows_per_group, 3], [1, 2])
-        b = tf.random.stateless_normal([groups * rows_per_group, 5], [3, 4])
-        self.assertAllClose(
-            ops.matmul_tn(a, b, groups),
-            tf.matmul(a, b, transpose_a=True),
-            atol=1e-5,
-        )
-
-    def test_row_halves(self):
-        self.assertEqual(ops.row_halves(16), 2)
-        self.assertEqual(ops.row_halves(3), 1)
-        self.assertEqual(ops.row_halves(None), 1)
-
-    @parameterized.parameters((2, 5, 3, 4), (3, 4, 2, 6), (2, 3, 100, 2))
-    def test_gated_pixel_matmul(self, b, side, c, o):
-        x = tf.random.stateless_normal([b, side, side, c], seed=[b, c])
-        gate = tf.random.stateless_uniform([b, c], seed=[c, o])
-        kernel = tf.random.stateless_normal([c, o], seed=[o, b])
-
-        def reference(x, gate, kernel):
-            return tf.nn.conv2d(
-                x * gate[:, None, None, :], kernel[None, None], 1, "VALID"
-            )
-
-        args = [x, gate, kernel]
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(args)
-            ours = ops.gated_pixel_matmul(*args)
-            want = reference(*args)
-            loss_ours = tf.reduce_sum(ours * tf.sin(ours))
-            loss_want = tf.reduce_sum(want * tf.sin(want))
-        self.assertAllClose(ours, want, atol=1e-5)
-        for g, h in zip(
-            tape.gradient(loss_ours, args), tape.gradient(loss_want, args)
-        ):
-            self.assertAllClose(g, h, atol=1e-4, rtol=1e-5)
-
-    @parameterized.parameters((0.0, 1e-5), (100.0, 5e-4))
-    def test_batch_normalized_pixel_matmul(self, offset, tolerance):
-        # BatchNorm(x W) with the statistics from x's covariance; an input
-        # far from zero mean checks the centring (no E[x^2] - E[x]^2). The
-        # reference runs in float64: in float32, its own kernel gradient
-        # loses ~0.4% to cancellation at offset 100.
-        x = offset + tf.random.stateless_normal([2, 6, 4, 5], seed=[5, 1])
-        kernel = tf.random.stateless_normal([5, 7], seed=[5, 2])
-        gamma = tf.random.stateless_uniform([7], seed=[5, 3]) + 0.5
-        beta = tf.random.stateless_normal([7], seed=[5, 4])
-        args = [x, kernel, gamma, beta]
-
-        def reference(x, kernel, gamma, beta):
-            y = tf.nn.conv2d(x, kernel[None, None], 1, "VALID")
-            mean, variance = tf.nn.moments(y, [0, 1, 2])
-            z = tf.nn.batch_normalization(y, mean, variance, beta, gamma, 1e-3)
-            count = 2 * 6 * 4  # Bessel's correction, as Keras averages.
-            return z, mean, variance * count / (count - 1)
-
-        args64 = [tf.cast(a, tf.float64) for a in args]
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(args + args64)
-            ours = ops.batch_normalized_pixel_matmul(*args, epsilon=1e-3)
-            want = reference(*args64)
-            loss_ours = tf.reduce_sum(ours[0] * tf.sin(ours[0]))
-            loss_want = tf.reduce_sum(want[0] * tf.sin(want[0]))
-        for a, b in zip(ours, want):
-            self.assertAllClose(a, b, atol=tolerance, rtol=tolerance)
-        for g, h in zip(
-            tape.gradient(loss_ours, args), tape.gradient(loss_want, args64)
-        ):
-            self.assertAllClose(g, h, atol=tolerance, rtol=tolerance)
-
-    def test_batch_normalized_pixel_matmul_bfloat16(self):
-        # bfloat16 activations: statistics in float32, output bfloat16.
-        x = tf.random.stateless_normal([2, 4, 4, 8], seed=[6, 1])
-        kernel = tf.random.stateless_normal([8, 16], seed=[6, 2])
-        gamma, beta = tf.ones([16]), tf.zeros([16])
-        y32, mean32, var32 = ops.batch_normalized_pixel_matmul(
-            x, kernel, gamma, beta, 1e-3
-        )
-        y16, mean16, var16 = ops.batch_normalized_pixel_matmul(
-            tf.cast(x, tf.bfloat16), kernel, gamma, beta, 1e-3
-        )
-        self.assertEqual(y16.dtype, tf.bfloat16)
-        self.assertEqual(mean16.dtype, tf.float32)
-        self.assertAllClose(tf.cast(y16, tf.float32), y32, atol=0.05)
-        self.assertAllClose(var16, var32, rtol=0.02)
-        self.assertAllClose(mean16, mean32, atol=0.05)
-
-    def test_gelu_gradient(self):
-        x = tf.linspace(-6.0, 6.0, 101)
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            ours = ops.gelu(x, approximate=False, training=True)
-            plain = ops.gelu(x, approximate=False, training=False)
-            reference = tf.nn.gelu(x, approximate=False)
-        self.assertAllClose(ours, reference, atol=1e-6)
-        self.assertAllClose(plain, reference, atol=1e-6)
-        self.assertAllClose(
-            tape.gradient(ours, x), tape.gradient(reference, x), atol=1e-6
-        )
+# Each paper-formula test runs on the reference layer and on its fused
+# subclass (coatnet_tf.kernels), which must compute the same.
+BOTH_STEMS = (
+    ("reference", coatnet_tf.ConvStem),
+    ("fused", fused.FusedConvStem),
+)
+BOTH_MBCONVS = (
+    ("reference", coatnet_tf.MBConvBlock),
+    ("fused", fused.FusedMBConvBlock),
+)
 
 
-class StemTest(tf.test.TestCase):
-    def test_inference_matches_conv_norm_gelu_conv(self):
-        stem = coatnet_tf.ConvStem(8)
+class StemTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(*BOTH_STEMS)
+    def test_inference_matches_conv_norm_gelu_conv(self, cls):
+        stem = cls(8)
         x = tf.random.stateless_normal([2, 10, 6, 3], seed=[6, 1])
         stem(x)
         norm = stem.norm0
@@ -364,9 +156,9 @@ class MBConvTest(tf.test.TestCase, parameterized.TestCase):
         h = h + block.project_conv.bias
         return shortcut + h
 
-    def block_with_statistics(self):
+    def block_with_statistics(self, cls):
         x = tf.random.stateless_normal([2, 6, 6, 8], seed=[4, 2])
-        block = coatnet_tf.MBConvBlock(12, stride=2)
+        block = cls(12, stride=2)
         block(x)
         # Non-trivial BatchNorm statistics, so inference differs from train.
         for norm in (block.pre_norm, block.expand_norm, block.depthwise_norm):
@@ -376,17 +168,19 @@ class MBConvTest(tf.test.TestCase, parameterized.TestCase):
             norm.gamma.assign(tf.linspace(0.8, 1.2, c))
         return block, x
 
-    def test_matches_eq5(self):
-        block, x = self.block_with_statistics()
+    @parameterized.named_parameters(*BOTH_MBCONVS)
+    def test_matches_eq5(self, cls):
+        block, x = self.block_with_statistics(cls)
         y = block(x, training=False)
         self.assertAllClose(
             y, self.eq5_reference(block, x, training=False), atol=1e-5
         )
 
-    def test_training_matches_eq5_with_gradients(self):
-        # Training folds the SE gate into the projection kernel; values and
-        # every gradient must be those of the plain Eq. 5.
-        block, x = self.block_with_statistics()
+    @parameterized.named_parameters(*BOTH_MBCONVS)
+    def test_training_matches_eq5_with_gradients(self, cls):
+        # Values and every gradient must be those of the plain Eq. 5 (the
+        # fused block folds the SE gate into the projection kernel).
+        block, x = self.block_with_statistics(cls)
         variables = block.trainable_variables
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
@@ -400,68 +194,9 @@ class MBConvTest(tf.test.TestCase, parameterized.TestCase):
         for v, a, b in zip(["x"] + variables, grads_ours, grads_want):
             self.assertAllClose(a, b, atol=1e-4, rtol=1e-4, msg=str(v))
 
-    @parameterized.parameters(1, 2)
-    def test_expand_statistics_from_input(self, stride):
-        # Training takes expand_norm's statistics from the conv's input;
-        # outputs, gradients and every moving average must be those of the
-        # plain layers.
-        x = tf.random.stateless_normal([2, 6, 6, 8], seed=[7, stride])
-        x = x * 2.0 + 1.0
-        ours = coatnet_tf.MBConvBlock(8, stride=stride, name="b")
-        ours(x)
-        plain = coatnet_tf.MBConvBlock.from_config(ours.get_config())
-        plain(x)
-        plain.set_weights(ours.get_weights())
-        plain._expand_stats_from_input = lambda: False
-        self.assertTrue(ours._expand_stats_from_input())
-        grads = []
-        for block in (ours, plain):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = block(x, training=True)
-                loss = tf.reduce_sum(y * tf.sin(y))
-            grads.append(tape.gradient(loss, [x] + block.trainable_weights))
-            grads[-1].append(y)
-        for a, b in zip(*grads):
-            self.assertAllClose(a, b, atol=1e-4, rtol=1e-4)
-        for a, b in zip(
-            ours.non_trainable_weights, plain.non_trainable_weights
-        ):
-            self.assertAllClose(a, b, atol=1e-6, rtol=1e-5, msg=a.name)
-        # The moving averages moved.
-        self.assertNotAllClose(ours.expand_norm.moving_variance, tf.ones([32]))
-
-    def test_empty_batch_keeps_the_moving_averages(self):
-        block = coatnet_tf.MBConvBlock(8)
-        block(tf.zeros([1, 4, 4, 8]))
-        before = [v.numpy() for v in block.expand_norm.non_trainable_weights]
-        y = block(tf.zeros([0, 4, 4, 8]), training=True)
-        self.assertEqual(y.shape, [0, 4, 4, 8])
-        for a, b in zip(before, block.expand_norm.non_trainable_weights):
-            self.assertAllEqual(a, b)
-
-    def test_synchronized_batch_norm_keeps_the_layers(self):
-        block = coatnet_tf.MBConvBlock(8, sync_batch_norm=True)
-        self.assertFalse(block._expand_stats_from_input())
-
-    def test_folded_inference_without_se_and_approximate_gelu(self):
-        x = tf.random.stateless_normal([2, 4, 4, 8], seed=[3, 3])
-        for kwargs in ({"se_ratio": 0.0}, {"gelu_approximate": True}):
-            block = coatnet_tf.MBConvBlock(8, **kwargs)
-            block(x)
-            # Unfolded: BatchNorms with moving statistics, plain layers.
-            h = block.pre_norm(x, training=False)
-            h = block.expand_norm(block.expand_conv(h), training=False)
-            h = ops.gelu(h, block.gelu_approximate)
-            h = block.depthwise_norm(block.depthwise_conv(h), training=False)
-            h = ops.gelu(h, block.gelu_approximate)
-            if block.se is not None:
-                h = block.se(h)
-            want = x + block.project_conv(h)
-            self.assertAllClose(block(x, training=False), want, atol=1e-5)
-
-    def test_identity_shortcut_without_projection(self):
-        block = coatnet_tf.MBConvBlock(8, stride=2)
+    @parameterized.named_parameters(*BOTH_MBCONVS)
+    def test_identity_shortcut_without_projection(self, cls):
+        block = cls(8, stride=2)
         x = tf.random.stateless_normal([1, 4, 4, 8], seed=[1, 1])
         block(x)
         self.assertIsNone(block.shortcut_proj)
@@ -480,24 +215,6 @@ class MBConvTest(tf.test.TestCase, parameterized.TestCase):
         a(x), b(x)
         self.assertNotAllClose(a.expand_conv.kernel, b.expand_conv.kernel)
         self.assertNotAllClose(a.project_conv.kernel, b.project_conv.kernel)
-
-
-class StochasticDepthTest(tf.test.TestCase):
-    def test_drops_whole_examples(self):
-        layer = coatnet_tf.StochasticDepth(0.25)
-        x = tf.ones([4000, 2, 3])
-        y = layer(x, training=True).numpy()
-        per_example = y.reshape(4000, -1)
-        # Each example is all zero or all 1 / (1 - rate).
-        self.assertTrue(np.all(per_example == per_example[:, :1]))
-        self.assertAllClose(np.unique(per_example), [0.0, 1.0 / 0.75])
-        kept = np.mean(per_example[:, 0] > 0)
-        self.assertBetween(kept, 0.72, 0.78)
-        self.assertAllEqual(layer(x, training=False), x)
-
-    def test_rejects_rate_one(self):
-        with self.assertRaises(ValueError):
-            coatnet_tf.StochasticDepth(1.0)
 
 
 class HeadTest(tf.test.TestCase):

@@ -217,14 +217,14 @@ class ResizeTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaises(ValueError):
             coatnet_tf.resize_relative_position_bias(tf.zeros([2, 4, 5]), 3, 3)
 
-    def test_source_grid_size_is_exact(self):
+    def test_grid_size_is_exact(self):
         # 18x18 tokens (288 px): int(18 / (288 / 224)) floors to 13, the
         # table shape gives 18 exactly.
-        self.assertEqual(coatnet_tf.source_grid_size([4, 35, 35]), (18, 18))
-        self.assertEqual(coatnet_tf.source_grid_size((2, 27, 13)), (14, 7))
-        self.assertEqual(coatnet_tf.source_grid_size([1, 1, 1]), (1, 1))
+        self.assertEqual(coatnet_tf.grid_size([4, 35, 35]), (18, 18))
+        self.assertEqual(coatnet_tf.grid_size((2, 27, 13)), (14, 7))
+        self.assertEqual(coatnet_tf.grid_size([1, 1, 1]), (1, 1))
         with self.assertRaises(ValueError):
-            coatnet_tf.source_grid_size([4, 26, 27])
+            coatnet_tf.grid_size([4, 26, 27])
 
 
 if __name__ == "__main__":

@@ -82,6 +82,20 @@ class ResolveTest(tf.test.TestCase):
             config_lib.model_overrides(c, False)["drop_path_rate"], 0.1
         )
 
+    def test_overrides_refuse_fields_owned_elsewhere(self):
+        # image_size has one home, model.image_size; in overrides it would
+        # reach create_model twice.
+        for key, hint in (
+            ("image_size", "set model.image_size"),
+            ("num_classes", "label count"),
+        ):
+            with self.assertRaisesRegex(
+                ValueError, f"model.overrides may not set '{key}'.*{hint}"
+            ):
+                config_lib.ModelConfig(overrides={key: 32})
+        model = config_lib.ModelConfig(overrides={"kernels": "reference"})
+        self.assertEqual(model.overrides, {"kernels": "reference"})
+
     def test_head_bias_defaults_by_loss(self):
         config = configs.get_config("pretrain_i1k")
         self.assertEqual(

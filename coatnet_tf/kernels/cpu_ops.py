@@ -1,39 +1,23 @@
-"""Numerical primitives shared by the CoAtNet layers.
+"""CPU-tuned numerical kernels of the fused CoAtNet layers.
 
-GELU with a hand-written training gradient; 3x3 convolutions whose
-gradients run as matmuls and forward convs (layer `Conv3x3`); the 1x1
-convolution as one matmul (layer `Conv1x1`), also with the
-squeeze-excitation gate folded into its kernel, or a training BatchNorm
-with statistics from its input; weight gradients split in two halves of
-rows; BatchNorm folding and 2x2 subsampling for inference;
-the stride-2 max pool of Eq. 4 and 5; and the initializers. Most exist
-because a profile of CoAtNet steps on CPU showed the generic op slower
-(each docstring says by how much; docs/performance.md has the profiles).
+GELU as XLA-fused kernels with a hand-written gradient; 3x3 convolutions
+whose gradients run as matmuls and forward convs; the 1x1 convolution as
+one matmul, also with the squeeze-excitation gate folded into its kernel,
+or with a training BatchNorm whose statistics come from its input; weight
+gradients split in two halves of rows; BatchNorm folding and 2x2
+subsampling for inference; the BatchNorm moving-average update. Each
+exists because a profile of CoAtNet steps on CPU showed the generic op
+slower (each docstring says by how much; docs/performance.md has the
+profiles). `coatnet_tf.kernels.fused` composes them into layers; every
+function equals the plain TensorFlow op it replaces, in values and
+gradients (tests/coatnet_tf/kernels_test.py).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
-import tf_keras
 
-_register = tf_keras.saving.register_keras_serializable(package="coatnet")
-
-DENSE_INIT = "glorot_uniform"  # A name: each layer gets its own instance.
-
-
-def conv_init() -> tf_keras.initializers.Initializer:
-    """He-style fan-out initializer for convolution kernels.
-
-    A new instance per layer: an unseeded tf_keras initializer instance
-    returns the same values on every call.
-
-    Returns:
-      A truncated-normal `VarianceScaling(2.0, "fan_out")` initializer.
-    """
-    return tf_keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="truncated_normal"
-    )
-
+from coatnet_tf import layers
 
 SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
@@ -69,25 +53,21 @@ def _gelu_exact_for_training(x: tf.Tensor) -> tf.Tensor:
 
 
 def gelu(x: tf.Tensor, approximate: bool, training=False) -> tf.Tensor:
-    """GELU (App. A.1), exact erf form or its tanh approximation.
+    """GELU of the fused layers: in training, the exact form as two
+    XLA-fused kernels with a hand-written gradient.
 
     Args:
       x: input of any float dtype.
-      approximate: use the tanh approximation.
-      training: use the exact form's XLA-fused kernels and hand-written
-        gradient. Inference keeps the plain formula, which oneDNN fuses
-        into a preceding matmul.
+      approximate: use the tanh approximation (`layers.gelu`).
+      training: use the fused kernels (exact form only). Inference keeps
+        the plain formula, which oneDNN fuses into a preceding matmul.
 
     Returns:
       x * Phi(x), same shape and dtype.
     """
-    if approximate:
-        return tf.nn.gelu(x, approximate=True)
-    if training:
+    if training and not approximate:
         return _gelu_exact_for_training(x)
-    # 0.5 x (1 + erf(x / sqrt(2))). Written with erf because `tf.nn.gelu`
-    # uses erfc, whose CPU kernel is ~2.5x slower than erf's.
-    return 0.5 * x * (1.0 + tf.math.erf(x * SQRT_HALF))
+    return layers.gelu(x, approximate)
 
 
 def sqrt2_gelu_of_scaled(u: tf.Tensor) -> tf.Tensor:
@@ -105,11 +85,6 @@ def sqrt2_gelu_of_scaled(u: tf.Tensor) -> tf.Tensor:
       sqrt(2) gelu(z), same shape and dtype.
     """
     return u * (1.0 + tf.math.erf(u))
-
-
-def max_pool_2x2(x: tf.Tensor) -> tf.Tensor:
-    """The stride-2 max pool of Eq. 4 and 5; odd sides round up."""
-    return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="SAME")
 
 
 def row_halves(rows) -> int:
@@ -470,92 +445,25 @@ def subsample_2x(x: tf.Tensor) -> tf.Tensor:
     return _subsample_2x_even(x)
 
 
-class _FixedConv2D(tf_keras.layers.Conv2D):
-    """A `Conv2D` with a fixed kernel size and padding and stride 1 or 2.
+def assign_moving_average(norm, mean: tf.Tensor, variance: tf.Tensor, count):
+    """A BatchNorm layer's moving-average update from batch statistics.
 
-    Subclasses set `KERNEL_SIZE` and `PADDING` and override
-    `convolution_op`; configs round-trip as for `Conv2D`.
-
-    Raises:
-      ValueError: strides other than 1 or 2.
-    """
-
-    KERNEL_SIZE = 0
-    PADDING = ""
-
-    def __init__(self, filters: int, strides=1, **kwargs):
-        # An int, or a pair as `get_config` stores it (a list after JSON).
-        pair = (strides, strides) if isinstance(strides, int) else strides
-        if tuple(pair) not in ((1, 1), (2, 2)):
-            raise ValueError(
-                f"{type(self).__name__} strides must be 1 or 2, got {strides}."
-            )
-        for fixed in ("kernel_size", "padding", "dilation_rate", "groups"):
-            kwargs.pop(fixed, None)
-        super().__init__(
-            filters,
-            self.KERNEL_SIZE,
-            strides=pair[0],
-            padding=self.PADDING,
-            **kwargs,
-        )
-
-
-@_register
-class Conv3x3(_FixedConv2D):
-    """`Conv2D(filters, 3, strides, padding="same")` with faster gradients.
-
-    Same variables and outputs as the Keras layer; only the backward pass
-    differs (`conv3x3_same` for stride 1, `conv3x3_stride2` for stride 2).
-    Used for the two stem convs: the stride-1 one is the largest 3x3 conv of
-    the model (S0 at half resolution).
+    moving <- moving - (1 - momentum) (moving - value), for the mean and
+    the variance, as the layer does in training; an empty batch (a
+    replica's share of a short last batch, whose statistics are NaN)
+    leaves the averages as they are.
 
     Args:
-      filters: output channels.
-      strides: 1 or 2.
-      **kwargs: other `Conv2D` arguments; kernel size, padding and dilation
-        are fixed.
-
-    Raises:
-      ValueError: strides other than 1 or 2.
+      norm: a `tf_keras.layers.BatchNormalization`.
+      mean: the batch mean [C], float32.
+      variance: the batch variance [C] (Bessel-corrected), float32.
+      count: the number of elements the statistics cover (a scalar).
     """
-
-    KERNEL_SIZE = 3
-    PADDING = "same"
-
-    def convolution_op(self, inputs, kernel):
-        kernel = tf.convert_to_tensor(kernel)
-        if self.strides[0] == 2:
-            return conv3x3_stride2(inputs, kernel)
-        return conv3x3_same(inputs, kernel)
-
-
-@_register
-class Conv1x1(_FixedConv2D):
-    """`Conv2D(filters, 1, strides)` computed as one matmul (`conv1x1`).
-
-    Same variables, outputs and checkpoints as the Keras layer.
-
-    Args:
-      filters: output channels.
-      strides: 1 or 2.
-      **kwargs: other `Conv2D` arguments; kernel size, padding and dilation
-        are fixed.
-
-    Raises:
-      ValueError: strides other than 1 or 2.
-    """
-
-    KERNEL_SIZE = 1
-    PADDING = "valid"
-
-    def convolution_op(self, inputs, kernel):
-        return conv1x1(inputs, tf.convert_to_tensor(kernel), self.strides[0])
-
-    def matrix(self) -> tf.Tensor:
-        """The kernel as a [C, O] matrix, for callers that fold it."""
-        return kernel_matrix(self.kernel)
-
-    def sampled(self, x: tf.Tensor) -> tf.Tensor:
-        """The pixels the conv reads: x, or x[:, ::2, ::2] at stride 2."""
-        return subsample_2x(x) if self.strides[0] == 2 else x
+    decay = tf.cast(1.0 - norm.momentum, tf.float32)
+    for average, value in (
+        (norm.moving_mean, mean),
+        (norm.moving_variance, variance),
+    ):
+        delta = (average - tf.cast(value, average.dtype)) * decay
+        delta = tf.where(count > 0, delta, tf.zeros_like(delta))
+        average.assign_sub(delta)

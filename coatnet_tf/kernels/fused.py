@@ -1,0 +1,224 @@
+"""The fused layers: the reference layers' CPU-tuned forward paths.
+
+Each class here subclasses a reference layer (`coatnet_tf.layers`,
+`coatnet_tf.transformer`) and overrides only how it computes: the same
+sublayers, variables, names and config, so a checkpoint written with one
+kernel setting loads into the other. `CoAtNetConfig.kernels = "fused"`
+builds the model from these.
+
+- `FusedConvStem`: its 3x3 convs with matmul-based gradients
+  (`cpu_ops.conv3x3_stride2`, `cpu_ops.conv3x3_same`); at inference norm0
+  folded into conv0 and the GELU computed in three passes.
+- `FusedMBConvBlock`: 1x1 convs as matmuls over pixels, the
+  squeeze-excitation gate folded into the projection kernel; in training
+  expand_norm's statistics from the expansion's input
+  (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels;
+  at inference all three BatchNorms folded.
+- `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
+  XLA-fused kernels in training.
+
+Every path is proven equal to the reference in values, gradients and
+BatchNorm moving statistics by tests/coatnet_tf/kernels_test.py.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+from coatnet_tf import layers, transformer
+from coatnet_tf.kernels import cpu_ops
+
+_register = tf_keras.saving.register_keras_serializable(package="coatnet")
+
+
+def _kernel(conv) -> tf.Tensor:
+    """A conv layer's kernel as a tensor in the compute dtype.
+
+    Read inside the calling block's `call`, whose autocast scope casts it
+    under mixed precision; `tf.custom_gradient` functions need a tensor.
+    """
+    return tf.convert_to_tensor(conv.kernel)
+
+
+def _matrix(conv) -> tf.Tensor:
+    """A 1x1 conv layer's kernel as a [C, O] matrix."""
+    return cpu_ops.kernel_matrix(_kernel(conv))
+
+
+def _conv1x1(conv, x: tf.Tensor) -> tf.Tensor:
+    """`conv(x)` for a 1x1 `Conv2D`, as one matmul over pixels."""
+    y = cpu_ops.conv1x1(x, _kernel(conv), conv.strides[0])
+    if conv.use_bias:
+        y = tf.nn.bias_add(y, conv.bias)
+    return y
+
+
+def _sampled(conv, x: tf.Tensor) -> tf.Tensor:
+    """The pixels a 1x1 conv reads: x, or x[:, ::2, ::2] at stride 2."""
+    return cpu_ops.subsample_2x(x) if conv.strides[0] == 2 else x
+
+
+@_register
+class FusedConvStem(layers.ConvStem):
+    """`ConvStem` with matmul-based conv gradients and folded inference.
+
+    Args: those of `ConvStem`.
+    """
+
+    def call(self, inputs, training=None):
+        if training or self.gelu_approximate:
+            x = cpu_ops.conv3x3_stride2(inputs, _kernel(self.conv0))
+            x = tf.nn.bias_add(x, self.conv0.bias)
+            x = self.norm0(x, training=training)
+            x = cpu_ops.gelu(x, self.gelu_approximate, training)
+            x = cpu_ops.conv3x3_same(x, _kernel(self.conv1))
+            return tf.nn.bias_add(x, self.conv1.bias)
+        # Inference. Moving statistics make norm0 affine: fold it into
+        # conv0, scaled by c = 1 / sqrt(2) for `sqrt2_gelu_of_scaled`; the
+        # last c goes into conv1's kernel.
+        dtype = inputs.dtype
+        scale, shift = cpu_ops.batch_norm_affine(self.norm0, dtype)
+        c = tf.cast(cpu_ops.SQRT_HALF, dtype)
+        u = tf.nn.conv2d(
+            inputs, self.conv0.kernel * (scale * c), strides=2, padding="SAME"
+        )
+        u = tf.nn.bias_add(u, (self.conv0.bias * scale + shift) * c)
+        x = tf.nn.conv2d(
+            cpu_ops.sqrt2_gelu_of_scaled(u),
+            self.conv1.kernel * c,
+            strides=1,
+            padding="SAME",
+        )
+        return tf.nn.bias_add(x, self.conv1.bias)
+
+
+@_register
+class FusedMBConvBlock(layers.MBConvBlock):
+    """`MBConvBlock` with matmul convs, fused training and folded inference.
+
+    Args: those of `MBConvBlock`.
+    """
+
+    def shortcut(self, inputs: tf.Tensor) -> tf.Tensor:
+        if self.stride == 2:
+            inputs = layers.max_pool_2x2(inputs)
+        if self.shortcut_proj is not None:
+            inputs = _conv1x1(self.shortcut_proj, inputs)
+        return inputs
+
+    def call(self, inputs, training=None):
+        if not training:
+            return self.shortcut(inputs) + self._folded_inference(inputs)
+        x = self.pre_norm(inputs, training=training)
+        if self._expand_stats_from_input():
+            x = self._normalized_expansion(x)
+        else:
+            x = _conv1x1(self.expand_conv, x)
+            x = self.expand_norm(x, training=training)
+        x = cpu_ops.gelu(x, self.gelu_approximate, training)
+        x = self.depthwise_conv(x)
+        x = self.depthwise_norm(x, training=training)
+        x = cpu_ops.gelu(x, self.gelu_approximate, training)
+        x = self._project(x)
+        return self.shortcut(inputs) + self.drop_path(x, training=training)
+
+    def _folded_inference(self, inputs):
+        """The residual branch at inference, BatchNorms folded.
+
+        With moving statistics a BatchNorm is a per-channel affine map, so
+        pre_norm and expand_norm fold into the 1x1 expansion, which then
+        runs as one matmul + bias + GELU (a single fused oneDNN op), and
+        depthwise_norm folds into the depthwise kernel plus a bias.
+
+        The depthwise GELU has no fused kernel: the depthwise kernel and
+        bias are scaled for `cpu_ops.sqrt2_gelu_of_scaled` (three passes
+        over S1's and S2's largest maps instead of five), and the
+        remaining 1 / sqrt(2) folds into the SE mean and the projection
+        kernel.
+        """
+        dtype = inputs.dtype
+        scale1, shift1 = cpu_ops.batch_norm_affine(self.pre_norm, dtype)
+        scale2, shift2 = cpu_ops.batch_norm_affine(self.expand_norm, dtype)
+        scale3, shift3 = cpu_ops.batch_norm_affine(self.depthwise_norm, dtype)
+        kernel = _matrix(self.expand_conv)  # [C_in, C_inner]
+        # BN2(W^T (s1 x + t1)) = (s1 W s2)^T x + (t1 W) s2 + t2.
+        folded = scale1[:, None] * kernel * scale2
+        bias = tf.linalg.matvec(kernel, shift1, transpose_a=True)
+        bias = bias * scale2 + shift2
+        x = _sampled(self.expand_conv, inputs)
+        shape = tf.shape(x)
+        x = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), folded)
+        x = layers.gelu(tf.nn.bias_add(x, bias), self.gelu_approximate)
+        x = tf.reshape(x, tf.concat([shape[:3], [kernel.shape[1]]], 0))
+        depthwise = self.depthwise_conv.depthwise_kernel * scale3[:, None]
+        if self.gelu_approximate:
+            x = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
+            x = layers.gelu(tf.nn.bias_add(x, shift3), approximate=True)
+            factor = 1.0
+        else:
+            factor = cpu_ops.SQRT_HALF
+            c = tf.cast(factor, dtype)
+            u = tf.nn.depthwise_conv2d(x, depthwise * c, [1, 1, 1, 1], "SAME")
+            u = tf.nn.bias_add(u, shift3 * c)
+            x = cpu_ops.sqrt2_gelu_of_scaled(u)
+        return self._project(x, factor)
+
+    def _expand_stats_from_input(self) -> bool:
+        """Whether training takes expand_norm's statistics from its input.
+
+        Not with synchronized BatchNorm (the layer all-reduces its
+        statistics), nor for a frozen expand_norm, which Keras runs on its
+        moving statistics.
+        """
+        return not self.sync_batch_norm and self.expand_norm.trainable
+
+    def _normalized_expansion(self, x):
+        """expand_norm(expand_conv(x)) in training, statistics from x.
+
+        The same values, gradients and moving-average updates as the two
+        layers.
+        """
+        norm = self.expand_norm
+        x = _sampled(self.expand_conv, x)
+        y, mean, variance = cpu_ops.batch_normalized_pixel_matmul(
+            x, _matrix(self.expand_conv), norm.gamma, norm.beta, norm.epsilon
+        )
+        cpu_ops.assign_moving_average(norm, mean, variance, tf.size(x))
+        return y
+
+    def _project(self, x, factor: float = 1.0):
+        """SE and the projection of `factor * x` (SE gate in the kernel)."""
+        kernel = tf.cast(_matrix(self.project_conv), x.dtype)
+        if factor != 1.0:
+            kernel = kernel * tf.cast(factor, x.dtype)
+        if self.se is None:
+            y = cpu_ops.pixel_matmul(x, kernel)
+        else:
+            squeezed = tf.reduce_mean(x, axis=[1, 2])  # [B, C]
+            if factor != 1.0:
+                squeezed = squeezed * tf.cast(factor, squeezed.dtype)
+            gate = self.se.gate(squeezed)
+            y = cpu_ops.gated_pixel_matmul(x, gate, kernel)
+        return tf.nn.bias_add(y, tf.cast(self.project_conv.bias, x.dtype))
+
+
+@_register
+class FusedFeedForward(transformer.FeedForward):
+    """`FeedForward` whose training GELU runs as XLA-fused kernels.
+
+    Args: those of `FeedForward`.
+    """
+
+    def activation(self, x: tf.Tensor, training=None) -> tf.Tensor:
+        return cpu_ops.gelu(x, self.gelu_approximate, training)
+
+
+@_register
+class FusedTransformerBlock(transformer.TransformerBlock):
+    """`TransformerBlock` with `FusedFeedForward`.
+
+    Args: those of `TransformerBlock`.
+    """
+
+    feed_forward_class = FusedFeedForward

@@ -1,0 +1,382 @@
+"""Tests for coatnet_tf.kernels: each fast path equals the reference.
+
+The CPU-tuned primitives of `kernels.cpu_ops` against TensorFlow's plain
+ops, and every fused layer against its reference layer through the shared
+harness (`LayerTestCase.run_kernels_test`): values, gradients and
+BatchNorm moving statistics, in float32 and mixed_bfloat16.
+"""
+
+import tensorflow as tf
+from absl.testing import parameterized
+
+import coatnet_tf
+from coatnet_tf import kernels, layers, transformer
+from coatnet_tf.kernels import cpu_ops, fused
+from tests.coatnet_tf import layer_test_harness
+
+
+class GradientTest(tf.test.TestCase, parameterized.TestCase):
+    """Hand-written gradients equal TensorFlow's own."""
+
+    @staticmethod
+    def grads(conv, x, kernel):
+        """d/dx and d/dkernel of a nonlinear loss of conv(x, kernel)."""
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = conv(x, kernel)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        return tape.gradient(loss, [x, kernel])
+
+    def assert_same_conv(self, ours, reference, x, kernel):
+        self.assertAllClose(ours(x, kernel), reference(x, kernel), atol=1e-5)
+        for a, b in zip(
+            self.grads(ours, x, kernel), self.grads(reference, x, kernel)
+        ):
+            self.assertAllClose(a, b, atol=1e-4, rtol=1e-5)
+
+    @parameterized.parameters(
+        (2, 5, 7, 3, 4), (1, 1, 1, 2, 2), (3, 8, 6, 16, 8)
+    )
+    def test_conv3x3_stride1(self, b, h, w, c, o):
+        x = tf.random.stateless_normal([b, h, w, c], seed=[h, w])
+        kernel = tf.random.stateless_normal([3, 3, c, o], seed=[c, o])
+        self.assert_same_conv(
+            cpu_ops.conv3x3_same,
+            lambda t, k: tf.nn.conv2d(t, k, 1, "SAME"),
+            x,
+            kernel,
+        )
+
+    def test_conv3x3_kernel_grad_with_unknown_batch(self):
+        x = tf.random.stateless_normal([2, 5, 4, 3], seed=[5, 5])
+        dy = tf.random.stateless_normal([2, 5, 4, 6], seed=[6, 6])
+        spec = [
+            tf.TensorSpec([None, 5, 4, 3]),
+            tf.TensorSpec([None, 5, 4, 6]),
+        ]
+        dynamic = tf.function(cpu_ops.conv3x3_kernel_grad, input_signature=spec)
+        self.assertAllClose(
+            dynamic(x, dy), cpu_ops.conv3x3_kernel_grad(x, dy), atol=1e-5
+        )
+
+    @parameterized.parameters(
+        # Even and odd sides: SAME pads 0/1 or 1/1 for stride 2; even
+        # sides take the patches from phases, odd ones extract_patches.
+        (2, 8, 6, 3, 4),
+        (2, 4, 4, 3, 5),
+        (1, 7, 5, 3, 2),
+        (2, 1, 2, 2, 3),
+        (1, 9, 9, 5, 6),
+    )
+    def test_conv3x3_stride2(self, b, h, w, c, o):
+        x = tf.random.stateless_normal([b, h, w, c], seed=[h, w + 1])
+        kernel = tf.random.stateless_normal([3, 3, c, o], seed=[c, o + 1])
+        self.assert_same_conv(
+            cpu_ops.conv3x3_stride2,
+            lambda t, k: tf.nn.conv2d(t, k, 2, "SAME"),
+            x,
+            kernel,
+        )
+
+    @parameterized.parameters(
+        # Even batches split the kernel gradient in halves up to 96 input
+        # channels; odd batches and wider inputs do not.
+        (1, 2, 4, 6, 3, 5),
+        (2, 2, 5, 7, 3, 4),
+        (2, 1, 5, 7, 3, 4),
+        (1, 2, 3, 3, 100, 4),
+        (2, 2, 6, 4, 3, 5),  # Even sides: subsample_2x's own gradient.
+    )
+    def test_conv1x1(self, stride, b, h, w, c, o):
+        x = tf.random.stateless_normal([b, h, w, c], seed=[h, stride])
+        kernel = tf.random.stateless_normal([1, 1, c, o], seed=[c, o])
+        self.assert_same_conv(
+            lambda t, k: cpu_ops.conv1x1(t, k, stride),
+            lambda t, k: tf.nn.conv2d(t, k, stride, "VALID"),
+            x,
+            kernel,
+        )
+
+    @parameterized.parameters((1, 8), (2, 6), (4, 1))
+    def test_matmul_tn(self, groups, rows_per_group):
+        a = tf.random.stateless_normal([groups * rows_per_group, 3], [1, 2])
+        b = tf.random.stateless_normal([groups * rows_per_group, 5], [3, 4])
+        self.assertAllClose(
+            cpu_ops.matmul_tn(a, b, groups),
+            tf.matmul(a, b, transpose_a=True),
+            atol=1e-5,
+        )
+
+    def test_row_halves(self):
+        self.assertEqual(cpu_ops.row_halves(16), 2)
+        self.assertEqual(cpu_ops.row_halves(3), 1)
+        self.assertEqual(cpu_ops.row_halves(None), 1)
+
+    @parameterized.parameters((2, 5, 3, 4), (3, 4, 2, 6), (2, 3, 100, 2))
+    def test_gated_pixel_matmul(self, b, side, c, o):
+        x = tf.random.stateless_normal([b, side, side, c], seed=[b, c])
+        gate = tf.random.stateless_uniform([b, c], seed=[c, o])
+        kernel = tf.random.stateless_normal([c, o], seed=[o, b])
+
+        def reference(x, gate, kernel):
+            return tf.nn.conv2d(
+                x * gate[:, None, None, :], kernel[None, None], 1, "VALID"
+            )
+
+        args = [x, gate, kernel]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(args)
+            ours = cpu_ops.gated_pixel_matmul(*args)
+            want = reference(*args)
+            loss_ours = tf.reduce_sum(ours * tf.sin(ours))
+            loss_want = tf.reduce_sum(want * tf.sin(want))
+        self.assertAllClose(ours, want, atol=1e-5)
+        for g, h in zip(
+            tape.gradient(loss_ours, args), tape.gradient(loss_want, args)
+        ):
+            self.assertAllClose(g, h, atol=1e-4, rtol=1e-5)
+
+    @parameterized.parameters((0.0, 1e-5), (100.0, 5e-4))
+    def test_batch_normalized_pixel_matmul(self, offset, tolerance):
+        # BatchNorm(x W) with the statistics from x's covariance; an input
+        # far from zero mean checks the centring (no E[x^2] - E[x]^2). The
+        # reference runs in float64: in float32, its own kernel gradient
+        # loses ~0.4% to cancellation at offset 100.
+        x = offset + tf.random.stateless_normal([2, 6, 4, 5], seed=[5, 1])
+        kernel = tf.random.stateless_normal([5, 7], seed=[5, 2])
+        gamma = tf.random.stateless_uniform([7], seed=[5, 3]) + 0.5
+        beta = tf.random.stateless_normal([7], seed=[5, 4])
+        args = [x, kernel, gamma, beta]
+
+        def reference(x, kernel, gamma, beta):
+            y = tf.nn.conv2d(x, kernel[None, None], 1, "VALID")
+            mean, variance = tf.nn.moments(y, [0, 1, 2])
+            z = tf.nn.batch_normalization(y, mean, variance, beta, gamma, 1e-3)
+            count = 2 * 6 * 4  # Bessel's correction, as Keras averages.
+            return z, mean, variance * count / (count - 1)
+
+        args64 = [tf.cast(a, tf.float64) for a in args]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(args + args64)
+            ours = cpu_ops.batch_normalized_pixel_matmul(*args, epsilon=1e-3)
+            want = reference(*args64)
+            loss_ours = tf.reduce_sum(ours[0] * tf.sin(ours[0]))
+            loss_want = tf.reduce_sum(want[0] * tf.sin(want[0]))
+        for a, b in zip(ours, want):
+            self.assertAllClose(a, b, atol=tolerance, rtol=tolerance)
+        for g, h in zip(
+            tape.gradient(loss_ours, args), tape.gradient(loss_want, args64)
+        ):
+            self.assertAllClose(g, h, atol=tolerance, rtol=tolerance)
+
+    def test_batch_normalized_pixel_matmul_bfloat16(self):
+        # bfloat16 activations: statistics in float32, output bfloat16.
+        x = tf.random.stateless_normal([2, 4, 4, 8], seed=[6, 1])
+        kernel = tf.random.stateless_normal([8, 16], seed=[6, 2])
+        gamma, beta = tf.ones([16]), tf.zeros([16])
+        y32, mean32, var32 = cpu_ops.batch_normalized_pixel_matmul(
+            x, kernel, gamma, beta, 1e-3
+        )
+        y16, mean16, var16 = cpu_ops.batch_normalized_pixel_matmul(
+            tf.cast(x, tf.bfloat16), kernel, gamma, beta, 1e-3
+        )
+        self.assertEqual(y16.dtype, tf.bfloat16)
+        self.assertEqual(mean16.dtype, tf.float32)
+        self.assertAllClose(tf.cast(y16, tf.float32), y32, atol=0.05)
+        self.assertAllClose(var16, var32, rtol=0.02)
+        self.assertAllClose(mean16, mean32, atol=0.05)
+
+    def test_gelu_gradient(self):
+        x = tf.linspace(-6.0, 6.0, 101)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = cpu_ops.gelu(x, approximate=False, training=True)
+            plain = cpu_ops.gelu(x, approximate=False, training=False)
+            reference = tf.nn.gelu(x, approximate=False)
+        self.assertAllClose(ours, reference, atol=1e-6)
+        self.assertAllClose(plain, reference, atol=1e-6)
+        self.assertAllClose(
+            tape.gradient(ours, x), tape.gradient(reference, x), atol=1e-6
+        )
+
+
+class FusedLayerTest(layer_test_harness.LayerTestCase):
+    """Each fused layer equals its reference layer."""
+
+    def setUp(self):
+        super().setUp()
+        # A set noise state: training drops examples, the same in both.
+        self.noise = coatnet_tf.NoiseState()
+        self.noise.set(seed=3, step=5)
+
+    @parameterized.named_parameters(
+        ("even", (2, 8, 12, 3), {}),
+        ("odd_sides", (2, 7, 9, 3), {}),
+        ("approximate_gelu", (2, 8, 8, 3), {"gelu_approximate": True}),
+    )
+    def test_conv_stem(self, input_shape, kwargs):
+        self.run_kernels_test(
+            layers.ConvStem,
+            fused.FusedConvStem,
+            dict(width=8, **kwargs),
+            input_shape,
+        )
+
+    @parameterized.named_parameters(
+        ("stride1_same_width", dict(width=8), (2, 6, 6, 8)),
+        ("stride2_new_width", dict(width=16, stride=2), (2, 6, 6, 8)),
+        ("stride2_odd_side", dict(width=8, stride=2), (2, 5, 7, 8)),
+        ("no_se", dict(width=8, se_ratio=0.0), (2, 4, 4, 8)),
+        (
+            "approximate_gelu",
+            dict(width=8, gelu_approximate=True),
+            (2, 4, 4, 8),
+        ),
+        ("drop_path", dict(width=8, drop_path_rate=0.5), (8, 4, 4, 8)),
+    )
+    def test_mbconv(self, kwargs, input_shape):
+        self.run_kernels_test(
+            layers.MBConvBlock,
+            fused.FusedMBConvBlock,
+            kwargs,
+            input_shape,
+            noise_state=self.noise,
+        )
+
+    def test_mbconv_synchronized_batch_norm(self):
+        self.run_kernels_test(
+            layers.MBConvBlock,
+            fused.FusedMBConvBlock,
+            dict(width=8, sync_batch_norm=True),
+            (2, 4, 4, 8),
+        )
+
+    def test_feed_forward(self):
+        self.run_kernels_test(
+            transformer.FeedForward,
+            fused.FusedFeedForward,
+            dict(hidden_size=8, expansion=2),
+            (2, 3, 3, 8),
+        )
+
+    @parameterized.named_parameters(
+        ("stride2_new_width", 16, 2, (4, 6, 6, 8), (3, 3)),
+        ("stride1_drop_path", 8, 1, (4, 3, 3, 8), (3, 3)),
+    )
+    def test_transformer_block(self, width, stride, input_shape, grid):
+        self.run_kernels_test(
+            transformer.TransformerBlock,
+            fused.FusedTransformerBlock,
+            dict(
+                hidden_size=width,
+                head_size=4,
+                grid_size=grid,
+                stride=stride,
+                drop_path_rate=0.5,
+            ),
+            input_shape,
+            noise_state=self.noise,
+        )
+
+    @parameterized.named_parameters(
+        (
+            "stem",
+            fused.FusedConvStem,
+            dict(width=8),
+            (2, 8, 6, 3),
+            (2, 4, 3, 8),
+        ),
+        (
+            "mbconv",
+            fused.FusedMBConvBlock,
+            dict(width=16, stride=2, drop_path_rate=0.1),
+            (2, 6, 6, 8),
+            (2, 3, 3, 16),
+        ),
+        (
+            "transformer",
+            fused.FusedTransformerBlock,
+            dict(hidden_size=16, head_size=8, grid_size=(3, 3), stride=2),
+            (2, 6, 6, 8),
+            (2, 3, 3, 16),
+        ),
+    )
+    def test_harness(self, cls, kwargs, input_shape, output_shape):
+        # Config round trip, SavedModel and XLA, as for the references.
+        self.run_layer_test(
+            cls,
+            kwargs,
+            input_shape,
+            output_shape,
+            call_kwargs=dict(training=False),
+            run_xla=True,
+        )
+
+
+class FusedMBConvTest(tf.test.TestCase):
+    def test_empty_batch_keeps_the_moving_averages(self):
+        block = fused.FusedMBConvBlock(8)
+        block(tf.zeros([1, 4, 4, 8]))
+        self.assertTrue(block._expand_stats_from_input())
+        before = [v.numpy() for v in block.expand_norm.non_trainable_weights]
+        y = block(tf.zeros([0, 4, 4, 8]), training=True)
+        self.assertEqual(y.shape, [0, 4, 4, 8])
+        for a, b in zip(before, block.expand_norm.non_trainable_weights):
+            self.assertAllEqual(a, b)
+
+    def test_statistics_from_input_only_where_the_layer_allows(self):
+        self.assertFalse(
+            fused.FusedMBConvBlock(
+                8, sync_batch_norm=True
+            )._expand_stats_from_input()
+        )
+        block = fused.FusedMBConvBlock(8)
+        block.expand_norm.trainable = False
+        self.assertFalse(block._expand_stats_from_input())
+
+
+class KernelSettingTest(tf.test.TestCase):
+    def test_layer_classes(self):
+        ref = kernels.layer_classes("reference")
+        self.assertIs(ref.mbconv, layers.MBConvBlock)
+        self.assertIs(ref.stem, layers.ConvStem)
+        self.assertIs(ref.transformer, transformer.TransformerBlock)
+        self.assertIs(
+            kernels.layer_classes("fused").mbconv, fused.FusedMBConvBlock
+        )
+        with self.assertRaisesRegex(ValueError, "Unknown kernels 'xla'"):
+            kernels.layer_classes("xla")
+
+    def test_models_share_variables_and_checkpoints(self):
+        x = tf.random.stateless_normal([2, 32, 32, 3], seed=[1, 9])
+        models = {}
+        for setting in coatnet_tf.KERNEL_SETTINGS:
+            model = coatnet_tf.create_model(
+                "coatnet-tiny", 5, 32, kernels=setting, drop_path_rate=0.3
+            )
+            model(x[:1])
+            models[setting] = model
+        ref, fast = models["reference"], models["fused"]
+        self.assertIsInstance(fast.blocks[0], fused.FusedMBConvBlock)
+        self.assertNotIsInstance(ref.blocks[0], fused.FusedMBConvBlock)
+        self.assertEqual(
+            [(v.name, v.shape) for v in ref.variables],
+            [(v.name, v.shape) for v in fast.variables],
+        )
+        # A checkpoint written with one setting loads in the other.
+        path = tf.train.Checkpoint(model=ref).write(
+            self.get_temp_dir() + "/reference"
+        )
+        tf.train.Checkpoint(model=fast).read(path).assert_consumed()
+        self.assertAllClose(
+            fast(x, training=False), ref(x, training=False), atol=1e-4
+        )
+        for model in (ref, fast):
+            model.set_noise_state(seed=1, step=2)
+        self.assertAllClose(
+            fast(x, training=True), ref(x, training=True), atol=1e-4
+        )
+
+
+if __name__ == "__main__":
+    tf.test.main()
