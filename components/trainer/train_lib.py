@@ -15,11 +15,36 @@ Checkpoints (`model`, `optimizer` with its step counter and EMA) are written
 to `<model>/checkpoints` every N steps and at the end, keeping K, and a run
 resumes from the latest one on start. The Model artifact's serving weights
 (`model_io.write_model`) are the EMA weights when an EMA is kept.
+
+Exact resume. A run killed after a checkpoint and started again ends with
+the weights an unbroken run ends with (bit-equal in deterministic mode):
+
+- the input position is checkpointed with the model: each worker saves its
+  host-side tf.data iterator (file order, shuffle buffer, read offsets,
+  stream counters) to `<model>/checkpoints/input-<worker>/ckpt-<step>`,
+  before the model's `ckpt-<step>`, so resuming reads on from there
+  instead of replaying the stream;
+- augmentation and Mixup/CutMix draw from stateless keys of the example's
+  (batch's) position in that stream (`rng`, `input_pipeline`);
+- the model's own noise (stochastic depth) is keyed on (seed, step) through
+  `_set_model_noise`.
+
+Batches leave the host iterator in the training loop and reach the replicas
+by `experimental_distribute_values_from_function`, the k-th batch of a step
+going to the k-th local replica, as `distribute_datasets_from_function`
+would send them. A distributed dataset's iterator cannot be checkpointed
+under MirroredStrategy, which is why the host iterator is kept; on TPU,
+which needs the distributed dataset, the input is not checkpointed and a
+resumed run reseeds its stream from the step instead.
+
+A fingerprint of the run (`fingerprint`) is recorded beside the
+checkpoints; a run with other settings refuses to resume them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import time
 from typing import Any
@@ -31,9 +56,12 @@ from absl import logging
 from components import base, model_io
 from components.trainer import config as config_lib
 from components.trainer import finetune, input_pipeline, losses, optimization
+from components.trainer import fingerprint as fingerprint_lib
 from components.trainer import strategy as strategy_lib
 
 LOG_DIR = "logs"
+# Below the checkpoint directory: one input-state directory per worker.
+INPUT_DIR = "input-{worker}"
 
 
 @dataclasses.dataclass
@@ -118,6 +146,7 @@ class Trainer:
         self._writers = {}
         self._saved_step = None
         self._init = None
+        self._train_input = None
         # coatnet_tf's RestoreReport when the weights came from a finetune
         # source.
         self.restore_report = None
@@ -193,6 +222,23 @@ class Trainer:
             save_dir,
             max_to_keep=self.config.runtime.keep_checkpoints,
         )
+        self.worker = strategy_lib.worker_id(self.strategy)
+        self.input_dir = os.path.join(
+            self.checkpoint_dir, INPUT_DIR.format(worker=self.worker)
+        )
+        self.input_manager = None
+        self.checkpoints_input = not strategy_lib.is_tpu(self.strategy)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """This run's fingerprint (see `fingerprint.py`)."""
+        examples = base.Artifact(base.EXAMPLES, self.info.uri)
+        try:
+            examples = base.Artifact.read(self.info.uri, base.EXAMPLES)
+        except base.ArtifactError:
+            pass  # Built in memory: its URI alone identifies it.
+        return fingerprint_lib.compute(
+            self.config, examples, self.base_model, self.spec
+        )
 
     def initialize(self) -> str:
         """Resumes from the latest checkpoint, else sets initial weights.
@@ -208,6 +254,19 @@ class Trainer:
           How the weights were initialized, for logs and the artifact.
         """
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        fingerprint_lib.check_or_record(
+            self.checkpoint_dir,
+            self.fingerprint(),
+            has_checkpoints=latest is not None,
+            write=self.is_chief,
+        )
+        if self.checkpoints_input:
+            self._train_input = self._host_iterator()
+            self.input_manager = tf.train.CheckpointManager(
+                tf.train.Checkpoint(iterator=self._train_input),
+                self.input_dir,
+                max_to_keep=self.config.runtime.keep_checkpoints,
+            )
         how = "random"
         if latest is None:
             src = finetune.source(self.base_model, self.config.finetune)
@@ -228,9 +287,23 @@ class Trainer:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             how = f"resumed from {latest}"
             self._saved_step = self.step
+            if self.input_manager is not None:
+                self._restore_input(self.step)
         logging.info("Initialized: %s (step %d)", how, self.step)
         self._init = how
         return how
+
+    def _restore_input(self, step: int) -> None:
+        """Puts the training stream back where checkpoint `step` left it."""
+        path = os.path.join(self.input_dir, f"ckpt-{step}")
+        if not tf.io.gfile.exists(path + ".index"):
+            raise base.ArtifactError(
+                f"{self.checkpoint_dir} holds the model at step {step} but "
+                f"not this worker's input position ({path}): the run cannot "
+                "continue its input stream exactly. Start it in a new "
+                "--output."
+            )
+        self.input_manager.checkpoint.restore(path).assert_consumed()
 
     @property
     def step(self) -> int:
@@ -260,6 +333,9 @@ class Trainer:
         self.metrics["grad_norm"].update_state(norm)
 
     def _grads_impl(self, images, targets):
+        _set_model_noise(
+            self.model, self.config.seed, self.optimizer.iterations
+        )
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             per_example = losses.per_example_loss(targets, logits, self.sigmoid)
@@ -289,10 +365,17 @@ class Trainer:
             self._grads = tf.function(self._grads_impl, jit_compile=True)
         self.replica_step = step
 
+        local = _local_replicas(self.strategy)
+
         @tf.function
         def train_loop(iterator, num_steps):
             for _ in tf.range(num_steps):
-                images, targets = next(iterator)
+                if self._train_input is None:
+                    images, targets = next(iterator)
+                else:
+                    images, targets = self._to_replicas(
+                        [next(iterator) for _ in range(local)]
+                    )
                 self.strategy.run(step, args=(images, targets))
 
         @tf.function
@@ -301,6 +384,13 @@ class Trainer:
                 self.strategy.run(self._eval_step, args=next(iterator))
 
         self._train_fn, self._eval_fn = train_loop, eval_loop
+
+    def _to_replicas(self, batches):
+        """Per-replica values: the k-th host batch to the k-th local one."""
+        local = len(batches)
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: batches[ctx.replica_id_in_sync_group % local]
+        )
 
     def _eval_step(self, images, targets, weights):
         logits = self.model(images, training=False)
@@ -318,19 +408,52 @@ class Trainer:
 
     # Data.
 
-    def train_iterator(self):
-        """A distributed iterator over the training stream from `step`."""
-        start = self.step
-        return iter(
-            input_pipeline.distribute(
-                self.strategy,
-                lambda ctx: input_pipeline.train_dataset(
+    def _host_iterator(self):
+        """This worker's iterator over its input pipeline (checkpointable)."""
+        replicas = self.strategy.num_replicas_in_sync
+        local = _local_replicas(self.strategy)
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=replicas // local,
+            input_pipeline_id=self.worker,
+            num_replicas_in_sync=replicas,
+        )
+        with tf.device("/cpu:0"):
+            return iter(
+                input_pipeline.train_dataset(
                     self.info,
                     self.config,
                     ctx,
                     self.config.model.image_size,
                     self.sigmoid,
-                    start_step=start,
+                    image_dtype=self.input_dtype,
+                )
+            )
+
+    def train_iterator(self):
+        """An iterator over the training stream from `step`.
+
+        Returns:
+          This worker's host iterator, restored to `step` by `initialize`;
+          on TPU a distributed iterator over a stream reseeded from `step`.
+        """
+        if self._train_input is not None:
+            return self._train_input
+        config = self.config
+        if self.step:
+            # No input checkpoint on TPU: another seed, so that a resumed
+            # run does not repeat the data order it already saw.
+            config = dataclasses.replace(
+                config, seed=config.seed * 7_919 + self.step
+            )
+        return iter(
+            input_pipeline.distribute(
+                self.strategy,
+                lambda ctx: input_pipeline.train_dataset(
+                    self.info,
+                    config,
+                    ctx,
+                    self.config.model.image_size,
+                    self.sigmoid,
                     image_dtype=self.input_dtype,
                 ),
             )
@@ -509,6 +632,10 @@ class Trainer:
         if step == self._saved_step:
             return  # E.g. resumed at the end: that checkpoint is this one.
         self._saved_step = step
+        if self.input_manager is not None:
+            # The input position first: a model checkpoint on disk implies
+            # the input position of its step is there too.
+            self.input_manager.save(checkpoint_number=step)
         self.manager.save(checkpoint_number=step, check_interval=False)
         self._cleanup_worker_dir()
 
@@ -539,6 +666,39 @@ class _Progress:
         seconds = int(self.step_time * (self.total - step))
         hours, rest = divmod(seconds, 3600)
         return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
+
+
+def _set_model_noise(model, seed: int, step: tf.Variable) -> None:
+    """Keys the model's train-time noise (stochastic depth) on the step.
+
+    The one place the Trainer tells the model which step it is at. A model
+    that exposes `set_noise_step(step, ...)` draws its stochastic-depth
+    (and dropout) masks from stateless RNG keyed on (seed, step, replica,
+    layer), so a resumed run draws the masks an unbroken run draws; the
+    call is made in the replica context of every step, inside the
+    compiled loop. A model without it draws from stateful RNG, and a run
+    with `drop_path_rate > 0` then resumes with other masks.
+
+    Args:
+      model: the model being trained.
+      seed: the run's seed.
+      step: the optimizer's step counter (the step being taken).
+    """
+    setter = getattr(model, "set_noise_step", None)
+    if setter is None:
+        return
+    params = inspect.signature(setter).parameters
+    kwargs = {}
+    if "seed" in params:
+        kwargs["seed"] = seed
+    setter(step, **kwargs)
+
+
+def _local_replicas(strategy: tf.distribute.Strategy) -> int:
+    """Replicas on this worker (the default strategy has one)."""
+    if strategy.num_replicas_in_sync == 1:
+        return 1
+    return len(strategy.extended.worker_devices)
 
 
 def _precision(precision: str, strategy: tf.distribute.Strategy) -> str:
