@@ -12,7 +12,10 @@ The training stream is resumable without replay: every random draw in it
 is stateless, keyed on (seed, input pipeline, position in the stream)
 (`rng`), and its position (file order, shuffle buffer, read offsets,
 counters) is saved by a tf.data iterator checkpoint beside the model's
-(`train_lib`). Its options make that save fail loudly on any op whose
+(`train_lib`). That checkpoint holds the buffers in full (the shuffle
+buffer's records, the decoded images in flight): tf.data's symbolic
+checkpointing, which would store cursors only, does not restore this
+pipeline. Its options make that save fail loudly on any op whose
 state the checkpoint could not hold (`ExternalStatePolicy.FAIL`).
 
 Training batches are `(images [b, S, S, 3], targets [b, C])`; evaluation

@@ -27,7 +27,9 @@ the weights an unbroken run ends with (bit-equal in deterministic mode):
 - augmentation and Mixup/CutMix draw from stateless keys of the example's
   (batch's) position in that stream (`rng`, `input_pipeline`);
 - the model's own noise (stochastic depth) is keyed on (seed, step) through
-  `_set_model_noise`.
+  `_set_model_noise`;
+- with several replicas, every save first gives each replica the averaged
+  BatchNorm statistics, the value the checkpoint holds.
 
 Batches leave the host iterator in the training loop and reach the replicas
 by `experimental_distribute_values_from_function`, the k-th batch of a step
@@ -632,12 +634,31 @@ class Trainer:
         if step == self._saved_step:
             return  # E.g. resumed at the end: that checkpoint is this one.
         self._saved_step = step
+        self._sync_replica_statistics()
         if self.input_manager is not None:
             # The input position first: a model checkpoint on disk implies
             # the input position of its step is there too.
             self.input_manager.save(checkpoint_number=step)
         self.manager.save(checkpoint_number=step, check_interval=False)
         self._cleanup_worker_dir()
+
+    def _sync_replica_statistics(self) -> None:
+        """Gives every replica the averaged BatchNorm statistics.
+
+        Moving means and variances are sync-on-read variables: each replica
+        updates its own copy from its own batches, and a checkpoint saves
+        their mean. A resumed run restores that mean into every replica, so
+        the unbroken run must continue from it too, or the two differ in
+        the last bits. Averaging them here, at every save, makes what was
+        saved the state both runs continue from (and it is the value
+        evaluation and export read anyway).
+        """
+        if self.strategy.num_replicas_in_sync == 1:
+            return
+        with self.strategy.scope():
+            for var in self.model.variables:
+                if var.synchronization == tf.VariableSynchronization.ON_READ:
+                    var.assign(var.read_value())
 
     def _cleanup_worker_dir(self) -> None:
         if not self.is_chief and tf.io.gfile.exists(self.manager.directory):

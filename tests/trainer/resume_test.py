@@ -10,7 +10,9 @@ input pipeline. What makes the resumed run repeat the unbroken one:
   stateless keys of each example's (batch's) position in the stream;
 - stochastic depth draws from the model's stateless (seed, step) key,
   which the Trainer sets before every step;
-- the checkpoint restores the model, AdamW's moments, its step and the EMA.
+- the checkpoint restores the model, AdamW's moments, its step and the EMA;
+  under MirroredStrategy every save first averages the replicas' BatchNorm
+  statistics, which a checkpoint holds only as their mean.
 
 So the comparison is exact equality, no tolerance: any difference is a
 resume bug. It is made for one device (the CLI, as a user runs it) and for
@@ -37,7 +39,7 @@ OVERRIDES = {
     "runtime.checkpoint_every_steps": EVERY,
     "runtime.keep_checkpoints": 10,
     "runtime.log_every_steps": EVERY,
-    "model.drop_path_rate": 0.0,
+    "model.drop_path_rate": 0.1,
     "optimizer.ema_decay": 0.9,
     "augment.mixup_alpha": 0.8,
     "augment.cutmix_alpha": 1.0,
