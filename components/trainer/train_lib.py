@@ -16,28 +16,9 @@ to `<model>/checkpoints` every N steps and at the end, keeping K, and a run
 resumes from the latest one on start. The Model artifact's serving weights
 (`model_io.write_model`) are the EMA weights when an EMA is kept.
 
-Exact resume. A run killed after a checkpoint and started again ends with
-the weights an unbroken run ends with (bit-equal in deterministic mode):
-
-- the input position is checkpointed with the model: each worker saves its
-  host-side tf.data iterator (file order, shuffle buffer, read offsets,
-  stream counters) to `<model>/checkpoints/input-<worker>/ckpt-<step>`,
-  before the model's `ckpt-<step>`, so resuming reads on from there
-  instead of replaying the stream;
-- augmentation and Mixup/CutMix draw from stateless keys of the example's
-  (batch's) position in that stream (`rng`, `input_pipeline`);
-- the model's own noise (stochastic depth) is keyed on (seed, step) through
-  `_set_model_noise`;
-- with several replicas, every save first gives each replica the averaged
-  BatchNorm statistics, the value the checkpoint holds.
-
-Batches leave the host iterator in the training loop and reach the replicas
-by `experimental_distribute_values_from_function`, the k-th batch of a step
-going to the k-th local replica, as `distribute_datasets_from_function`
-would send them. A distributed dataset's iterator cannot be checkpointed
-under MirroredStrategy, which is why the host iterator is kept; on TPU,
-which needs the distributed dataset, the input is not checkpointed and a
-resumed run reseeds its stream from the step instead.
+A run resumes exactly (`resume`): the input position is saved with every
+checkpoint, every augmentation draw is keyed on the example's position in
+the stream, and the model's noise on the step.
 
 A fingerprint of the run (`fingerprint`) is recorded beside the
 checkpoints; a run with other settings refuses to resume them.
@@ -46,7 +27,6 @@ checkpoints; a run with other settings refuses to resume them.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import time
 from typing import Any
@@ -57,13 +37,17 @@ from absl import logging
 
 from components import base, model_io
 from components.trainer import config as config_lib
-from components.trainer import finetune, input_pipeline, losses, optimization
+from components.trainer import (
+    finetune,
+    input_pipeline,
+    losses,
+    optimization,
+    resume,
+)
 from components.trainer import fingerprint as fingerprint_lib
 from components.trainer import strategy as strategy_lib
 
 LOG_DIR = "logs"
-# Below the checkpoint directory: one input-state directory per worker.
-INPUT_DIR = "input-{worker}"
 
 
 @dataclasses.dataclass
@@ -225,11 +209,6 @@ class Trainer:
             max_to_keep=self.config.runtime.keep_checkpoints,
         )
         self.worker = strategy_lib.worker_id(self.strategy)
-        self.input_dir = os.path.join(
-            self.checkpoint_dir, INPUT_DIR.format(worker=self.worker)
-        )
-        self.input_manager = None
-        self.checkpoints_input = not strategy_lib.is_tpu(self.strategy)
 
     def fingerprint(self) -> dict[str, Any]:
         """This run's fingerprint (see `fingerprint.py`)."""
@@ -262,12 +241,13 @@ class Trainer:
             has_checkpoints=latest is not None,
             write=self.is_chief,
         )
-        if self.checkpoints_input:
-            self._train_input = self._host_iterator()
-            self.input_manager = tf.train.CheckpointManager(
-                tf.train.Checkpoint(iterator=self._train_input),
-                self.input_dir,
-                max_to_keep=self.config.runtime.keep_checkpoints,
+        if not strategy_lib.is_tpu(self.strategy):
+            self._train_input = resume.InputState(
+                self.strategy,
+                self.worker,
+                self.checkpoint_dir,
+                self.config.runtime.keep_checkpoints,
+                self._train_dataset_fn(self.config),
             )
         how = "random"
         if latest is None:
@@ -289,23 +269,11 @@ class Trainer:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             how = f"resumed from {latest}"
             self._saved_step = self.step
-            if self.input_manager is not None:
-                self._restore_input(self.step)
+            if self._train_input is not None:
+                self._train_input.restore(self.step)
         logging.info("Initialized: %s (step %d)", how, self.step)
         self._init = how
         return how
-
-    def _restore_input(self, step: int) -> None:
-        """Puts the training stream back where checkpoint `step` left it."""
-        path = os.path.join(self.input_dir, f"ckpt-{step}")
-        if not tf.io.gfile.exists(path + ".index"):
-            raise base.ArtifactError(
-                f"{self.checkpoint_dir} holds the model at step {step} but "
-                f"not this worker's input position ({path}): the run cannot "
-                "continue its input stream exactly. Start it in a new "
-                "--output."
-            )
-        self.input_manager.checkpoint.restore(path).assert_consumed()
 
     @property
     def step(self) -> int:
@@ -335,7 +303,7 @@ class Trainer:
         self.metrics["grad_norm"].update_state(norm)
 
     def _grads_impl(self, images, targets):
-        _set_model_noise(
+        resume.set_model_noise(
             self.model, self.config.seed, self.optimizer.iterations
         )
         with tf.GradientTape() as tape:
@@ -367,17 +335,13 @@ class Trainer:
             self._grads = tf.function(self._grads_impl, jit_compile=True)
         self.replica_step = step
 
-        local = _local_replicas(self.strategy)
-
         @tf.function
         def train_loop(iterator, num_steps):
             for _ in tf.range(num_steps):
                 if self._train_input is None:
                     images, targets = next(iterator)
                 else:
-                    images, targets = self._to_replicas(
-                        [next(iterator) for _ in range(local)]
-                    )
+                    images, targets = self._train_input.next_step(iterator)
                 self.strategy.run(step, args=(images, targets))
 
         @tf.function
@@ -386,13 +350,6 @@ class Trainer:
                 self.strategy.run(self._eval_step, args=next(iterator))
 
         self._train_fn, self._eval_fn = train_loop, eval_loop
-
-    def _to_replicas(self, batches):
-        """Per-replica values: the k-th host batch to the k-th local one."""
-        local = len(batches)
-        return self.strategy.experimental_distribute_values_from_function(
-            lambda ctx: batches[ctx.replica_id_in_sync_group % local]
-        )
 
     def _eval_step(self, images, targets, weights):
         logits = self.model(images, training=False)
@@ -410,26 +367,16 @@ class Trainer:
 
     # Data.
 
-    def _host_iterator(self):
-        """This worker's iterator over its input pipeline (checkpointable)."""
-        replicas = self.strategy.num_replicas_in_sync
-        local = _local_replicas(self.strategy)
-        ctx = tf.distribute.InputContext(
-            num_input_pipelines=replicas // local,
-            input_pipeline_id=self.worker,
-            num_replicas_in_sync=replicas,
+    def _train_dataset_fn(self, config: config_lib.TrainerConfig):
+        """The training stream of one input pipeline, given its context."""
+        return lambda ctx: input_pipeline.train_dataset(
+            self.info,
+            config,
+            ctx,
+            self.config.model.image_size,
+            self.sigmoid,
+            image_dtype=self.input_dtype,
         )
-        with tf.device("/cpu:0"):
-            return iter(
-                input_pipeline.train_dataset(
-                    self.info,
-                    self.config,
-                    ctx,
-                    self.config.model.image_size,
-                    self.sigmoid,
-                    image_dtype=self.input_dtype,
-                )
-            )
 
     def train_iterator(self):
         """An iterator over the training stream from `step`.
@@ -439,7 +386,7 @@ class Trainer:
           on TPU a distributed iterator over a stream reseeded from `step`.
         """
         if self._train_input is not None:
-            return self._train_input
+            return self._train_input.iterator
         config = self.config
         if self.step:
             # No input checkpoint on TPU: another seed, so that a resumed
@@ -449,15 +396,7 @@ class Trainer:
             )
         return iter(
             input_pipeline.distribute(
-                self.strategy,
-                lambda ctx: input_pipeline.train_dataset(
-                    self.info,
-                    config,
-                    ctx,
-                    self.config.model.image_size,
-                    self.sigmoid,
-                    image_dtype=self.input_dtype,
-                ),
+                self.strategy, self._train_dataset_fn(config)
             )
         )
 
@@ -634,31 +573,13 @@ class Trainer:
         if step == self._saved_step:
             return  # E.g. resumed at the end: that checkpoint is this one.
         self._saved_step = step
-        self._sync_replica_statistics()
-        if self.input_manager is not None:
+        resume.sync_replica_statistics(self.strategy, self.model)
+        if self._train_input is not None:
             # The input position first: a model checkpoint on disk implies
             # the input position of its step is there too.
-            self.input_manager.save(checkpoint_number=step)
+            self._train_input.save(step)
         self.manager.save(checkpoint_number=step, check_interval=False)
         self._cleanup_worker_dir()
-
-    def _sync_replica_statistics(self) -> None:
-        """Gives every replica the averaged BatchNorm statistics.
-
-        Moving means and variances are sync-on-read variables: each replica
-        updates its own copy from its own batches, and a checkpoint saves
-        their mean. A resumed run restores that mean into every replica, so
-        the unbroken run must continue from it too, or the two differ in
-        the last bits. Averaging them here, at every save, makes what was
-        saved the state both runs continue from (and it is the value
-        evaluation and export read anyway).
-        """
-        if self.strategy.num_replicas_in_sync == 1:
-            return
-        with self.strategy.scope():
-            for var in self.model.variables:
-                if var.synchronization == tf.VariableSynchronization.ON_READ:
-                    var.assign(var.read_value())
 
     def _cleanup_worker_dir(self) -> None:
         if not self.is_chief and tf.io.gfile.exists(self.manager.directory):
@@ -687,39 +608,6 @@ class _Progress:
         seconds = int(self.step_time * (self.total - step))
         hours, rest = divmod(seconds, 3600)
         return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
-
-
-def _set_model_noise(model, seed: int, step: tf.Variable) -> None:
-    """Keys the model's train-time noise (stochastic depth) on the step.
-
-    The one place the Trainer tells the model which step it is at. A model
-    that exposes `set_noise_step(step, ...)` draws its stochastic-depth
-    (and dropout) masks from stateless RNG keyed on (seed, step, replica,
-    layer), so a resumed run draws the masks an unbroken run draws; the
-    call is made in the replica context of every step, inside the
-    compiled loop. A model without it draws from stateful RNG, and a run
-    with `drop_path_rate > 0` then resumes with other masks.
-
-    Args:
-      model: the model being trained.
-      seed: the run's seed.
-      step: the optimizer's step counter (the step being taken).
-    """
-    setter = getattr(model, "set_noise_step", None)
-    if setter is None:
-        return
-    params = inspect.signature(setter).parameters
-    kwargs = {}
-    if "seed" in params:
-        kwargs["seed"] = seed
-    setter(step, **kwargs)
-
-
-def _local_replicas(strategy: tf.distribute.Strategy) -> int:
-    """Replicas on this worker (the default strategy has one)."""
-    if strategy.num_replicas_in_sync == 1:
-        return 1
-    return len(strategy.extended.worker_devices)
 
 
 def _precision(precision: str, strategy: tf.distribute.Strategy) -> str:
