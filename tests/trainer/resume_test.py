@@ -49,6 +49,11 @@ OVERRIDES = {
 }
 
 
+def _flag_value(value):
+    """A --config_override value: strings as they are, else JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _state(prefix):
     """Every saved value of a checkpoint except its bookkeeping."""
     reader = tf.train.load_checkpoint(prefix)
@@ -80,7 +85,7 @@ class KillAndResumeTest(tf.test.TestCase):
             f"--train_steps={STEPS}",
             f"--output={output}",
         ] + [
-            f"--config_override={k}={v if isinstance(v, str) else json.dumps(v)}"
+            f"--config_override={k}={_flag_value(v)}"
             for k, v in OVERRIDES.items()
         ]
         return processes.start_main(flags, log)
