@@ -7,6 +7,11 @@ the uint8-range image, then the shared `preprocessing.normalize`. Evaluation
 never comes through here: it uses `preprocessing.preprocess_for_eval`, the
 single eval path the Evaluator and the exported model share.
 
+Every random draw here is stateless: the ops run under `rng.keyed_draws`
+with the key of the example (or, for Mixup, of the batch) they work on, so
+an example's augmentation depends on the run's seed and its position in
+the input stream only, and a resumed run repeats it exactly.
+
 Targets are dense float32 vectors of the class count in every mode, so the
 loss, the metrics and the TPU step see one static shape:
 
@@ -24,6 +29,7 @@ from official.vision.ops import preprocess_ops
 
 from components import preprocessing
 from components.trainer import config as config_lib
+from components.trainer import rng
 
 
 def decode_and_inception_crop(
@@ -81,6 +87,7 @@ def preprocess_for_train(
     image_bytes: tf.Tensor,
     image_size: int,
     augment: config_lib.AugmentConfig,
+    key: tf.Tensor,
 ) -> tf.Tensor:
     """Encoded image to an augmented, normalized training input.
 
@@ -88,10 +95,21 @@ def preprocess_for_train(
       image_bytes: a scalar string tensor.
       image_size: the output side.
       augment: which augmentations to apply.
+      key: the example's int64 [2] stateless seed (`rng.element_key`);
+        every crop, flip and RandAugment draw derives from it.
 
     Returns:
       float32 [image_size, image_size, 3], normalized like the eval input.
     """
+    with rng.keyed_draws(key):
+        return _augment(image_bytes, image_size, augment)
+
+
+def _augment(
+    image_bytes: tf.Tensor,
+    image_size: int,
+    augment: config_lib.AugmentConfig,
+) -> tf.Tensor:
     if augment.inception_crop:
         image = decode_and_inception_crop(
             image_bytes,
@@ -213,18 +231,21 @@ class BatchMixup:
         )
 
     def __call__(
-        self, images: tf.Tensor, labels: tf.Tensor
+        self, images: tf.Tensor, labels: tf.Tensor, key: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Mixes a batch.
 
         Args:
           images: float32 [B, H, W, 3] with a static B.
           labels: int [B] class indices.
+          key: the batch's int64 [2] stateless seed (`rng.element_key`):
+            the Mixup/CutMix choice, lambdas and boxes derive from it.
 
         Returns:
           (images [B, H, W, 3], targets float32 [B, num_classes]).
         """
-        mixed, targets = self._op(images, labels)
+        with rng.keyed_draws(key):
+            mixed, targets = self._op(images, labels)
         mixed = tf.ensure_shape(mixed, images.shape)
         targets = tf.ensure_shape(
             tf.cast(targets, tf.float32),

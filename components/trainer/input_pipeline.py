@@ -8,6 +8,16 @@ batched to the per-replica batch with `drop_remainder` (static shapes for
 TPU) and prefetched. Decoding and augmentation stay on the host; the device
 sees float32 images and dense float32 targets only.
 
+The training stream is resumable without replay: every random draw in it
+is stateless, keyed on (seed, input pipeline, position in the stream)
+(`rng`), and its position (file order, shuffle buffer, read offsets,
+counters) is saved by a tf.data iterator checkpoint beside the model's
+(`train_lib`). That checkpoint holds the buffers in full (the shuffle
+buffer's records, the decoded images in flight): tf.data's symbolic
+checkpointing, which would store cursors only, does not restore this
+pipeline. Its options make that save fail loudly on any op whose
+state the checkpoint could not hold (`ExternalStatePolicy.FAIL`).
+
 Training batches are `(images [b, S, S, 3], targets [b, C])`; evaluation
 batches add a weight per example, 0 for the padding that fills the last
 batch so that every example is counted exactly once at static shapes.
@@ -24,6 +34,7 @@ from artifacts import examples as examples_lib
 from components import preprocessing
 from components.trainer import augment as augment_lib
 from components.trainer import config as config_lib
+from components.trainer import rng
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Read-ahead per TFRecord file: large sequential reads suit GCS.
@@ -113,10 +124,15 @@ def train_dataset(
     ctx: tf.distribute.InputContext,
     image_size: int,
     sigmoid: bool,
-    start_step: int = 0,
     image_dtype: tf.DType = tf.float32,
 ) -> tf.data.Dataset:
     """The infinite, augmented training stream of one input pipeline.
+
+    The stream is a function of the config's seed and the pipeline's id:
+    its shuffles are seeded, and each example's augmentation (and each
+    batch's Mixup/CutMix) draws from a stateless key of its position in
+    the stream. A run resumes it by restoring an iterator checkpoint, not
+    by reading it again from the start.
 
     Args:
       info: the Examples artifact.
@@ -124,11 +140,6 @@ def train_dataset(
       ctx: the input pipeline's context (`InputContext()` for one device).
       image_size: the training resolution.
       sigmoid: the loss is a sigmoid (sets the target smoothing form).
-      start_step: the step training resumes at. In deterministic mode the
-        stream is replayed up to it, so a resumed run sees the very batches
-        an uninterrupted one would; otherwise the shuffles are reseeded
-        from it, so a resumed run does not repeat the data order it
-        already saw.
       image_dtype: the images' dtype on the way to the device (bfloat16
         under mixed_bfloat16: half the transfer).
 
@@ -138,9 +149,8 @@ def train_dataset(
     """
     per_replica = ctx.get_per_replica_batch_size(config.batch_size)
     files = info.split_files(config.data.train_split)
-    seed = config.seed * 1_000_003 + ctx.input_pipeline_id
-    if start_step and not config.deterministic:
-        seed = seed * 7_919 + start_step
+    pipeline = ctx.input_pipeline_id
+    seed = config.seed * 1_000_003 + pipeline
     ds = _records(
         files,
         _configured_compression(info, config),
@@ -162,33 +172,49 @@ def train_dataset(
             "multi-label data."
         )
 
-    def preprocess(serialized):
+    def preprocess(index, serialized):
+        key = rng.element_key(config.seed, rng.EXAMPLE_STREAM, pipeline, index)
         ex = parse_example(serialized)
-        image = augment_lib.preprocess_for_train(ex["image"], image_size, aug)
+        image = augment_lib.preprocess_for_train(
+            ex["image"], image_size, aug, key
+        )
         if mixup:
             return image, ex["labels"][0]
         return image, _target(ex, info, smoothing, sigmoid)
 
-    ds = ds.map(
+    # The position is counted after the shuffle: it numbers the examples
+    # in the order training sees them.
+    ds = ds.enumerate().map(
         preprocess,
         num_parallel_calls=config.data.num_parallel_calls,
         deterministic=config.deterministic,
     )
     ds = ds.batch(per_replica, drop_remainder=True)
     if mixup:
-        ds = ds.map(
-            augment_lib.BatchMixup(
-                num_classes, aug.mixup_alpha, aug.cutmix_alpha, smoothing
-            ),
+        mix = augment_lib.BatchMixup(
+            num_classes, aug.mixup_alpha, aug.cutmix_alpha, smoothing
+        )
+
+        def mix_batch(index, batch):
+            key = rng.element_key(
+                config.seed, rng.BATCH_STREAM, pipeline, index
+            )
+            return mix(*batch, key)
+
+        ds = ds.enumerate().map(
+            mix_batch,
             num_parallel_calls=config.data.num_parallel_calls,
             deterministic=config.deterministic,
         )
     if image_dtype != tf.float32:
         ds = ds.map(lambda x, y: (tf.cast(x, image_dtype), y))
-    if start_step and config.deterministic:
-        ds = ds.skip(start_step * batches_per_step(ctx))
     ds = ds.prefetch(config.data.prefetch_batches)
-    return ds.with_options(_options(config))
+    options = _options(config)
+    # An iterator checkpoint of this stream must hold all of its state.
+    options.experimental_external_state_policy = (
+        tf.data.experimental.ExternalStatePolicy.FAIL
+    )
+    return ds.with_options(options)
 
 
 def _target(

@@ -13,8 +13,11 @@
     --config_override)
 
 Running it again with the same --output resumes from the latest
-checkpoint. In a multi-worker run every worker runs the same command; only
-the chief records the artifact.
+checkpoint, if it is the same run (same config, examples and model; see
+`fingerprint.py`); a different run refuses to resume another's. The default
+--output ends with the run's fingerprint hash, so different runs get
+different directories. In a multi-worker run every worker runs the same
+command; only the chief records the artifact.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 from components import base, cli  # noqa: E402
 from components.trainer import component as component_lib  # noqa: E402
 from components.trainer import config as config_lib  # noqa: E402
+from components.trainer import fingerprint  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("examples", None, "The Examples artifact to train on.")
@@ -35,7 +39,8 @@ flags.DEFINE_string(
     "output",
     None,
     "The Model artifact's directory; resumes when it holds checkpoints. "
-    "Default: $COATNET_HOME (or ~/coatnet_runs)/trainer/<config>.",
+    "Default: $COATNET_HOME (or ~/coatnet_runs)/trainer/<config>-<hash>, "
+    "the hash being the run's fingerprint (config, examples, base model).",
 )
 flags.DEFINE_string(
     "config",
@@ -88,6 +93,28 @@ def load_config(name_or_path: str, overrides: dict) -> config_lib.TrainerConfig:
     return config_lib.load(name_or_path, overrides)
 
 
+def default_output(
+    config_flag: str,
+    config: config_lib.TrainerConfig,
+    examples: base.Artifact,
+    base_model: base.Artifact | None,
+) -> str:
+    """`<home>/trainer/<recipe>-<fingerprint hash>`: one directory per run.
+
+    Args:
+      config_flag: the --config value (a recipe name or a JSON path).
+      config: the resolved config.
+      examples: the Examples artifact.
+      base_model: the Model artifact finetuned from, if any.
+
+    Returns:
+      The default output directory.
+    """
+    recipe = os.path.splitext(os.path.basename(config_flag))[0]
+    run = fingerprint.digest(fingerprint.compute(config, examples, base_model))
+    return os.path.join(cli.default_home(), "trainer", f"{recipe}-{run}")
+
+
 def main(argv):
     del argv  # Unused.
     cli.apply_renamed_flags()
@@ -116,10 +143,12 @@ def main(argv):
         inputs["base_model"] = cli.read_input_artifact(
             FLAGS.base_model, base.MODEL, "base_model"
         )
-    recipe = os.path.splitext(
-        os.path.basename(FLAGS.config_file or FLAGS.config)
-    )[0]
-    output = FLAGS.output or os.path.join(cli.default_home(), "trainer", recipe)
+    output = FLAGS.output or default_output(
+        FLAGS.config_file or FLAGS.config,
+        config,
+        examples,
+        inputs.get("base_model"),
+    )
     output = cli.check_output_location(cli.resolve_user_path(output), "output")
     component = component_lib.Trainer(strategy)
     if not strategy_lib.is_chief(strategy):

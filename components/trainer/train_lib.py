@@ -15,6 +15,13 @@ Checkpoints (`model`, `optimizer` with its step counter and EMA) are written
 to `<model>/checkpoints` every N steps and at the end, keeping K, and a run
 resumes from the latest one on start. The Model artifact's serving weights
 (`model_io.write_model`) are the EMA weights when an EMA is kept.
+
+A run resumes exactly (`resume`): the input position is saved with every
+checkpoint, every augmentation draw is keyed on the example's position in
+the stream, and the model's noise on the step.
+
+A fingerprint of the run (`fingerprint`) is recorded beside the
+checkpoints; a run with other settings refuses to resume them.
 """
 
 from __future__ import annotations
@@ -31,7 +38,14 @@ from absl import logging
 from artifacts import model as model_io
 from components import base
 from components.trainer import config as config_lib
-from components.trainer import finetune, input_pipeline, losses, optimization
+from components.trainer import (
+    finetune,
+    input_pipeline,
+    losses,
+    optimization,
+    resume,
+)
+from components.trainer import fingerprint as fingerprint_lib
 from components.trainer import strategy as strategy_lib
 
 LOG_DIR = "logs"
@@ -119,6 +133,7 @@ class Trainer:
         self._writers = {}
         self._saved_step = None
         self._init = None
+        self._train_input = None
         # coatnet_tf's RestoreReport when the weights came from a finetune
         # source.
         self.restore_report = None
@@ -194,6 +209,18 @@ class Trainer:
             save_dir,
             max_to_keep=self.config.runtime.keep_checkpoints,
         )
+        self.worker = strategy_lib.worker_id(self.strategy)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """This run's fingerprint (see `fingerprint.py`)."""
+        examples = base.Artifact(base.EXAMPLES, self.info.uri)
+        try:
+            examples = base.Artifact.read(self.info.uri, base.EXAMPLES)
+        except base.ArtifactError:
+            pass  # Built in memory: its URI alone identifies it.
+        return fingerprint_lib.compute(
+            self.config, examples, self.base_model, self.spec
+        )
 
     def initialize(self) -> str:
         """Resumes from the latest checkpoint, else sets initial weights.
@@ -209,6 +236,20 @@ class Trainer:
           How the weights were initialized, for logs and the artifact.
         """
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        fingerprint_lib.check_or_record(
+            self.checkpoint_dir,
+            self.fingerprint(),
+            has_checkpoints=latest is not None,
+            write=self.is_chief,
+        )
+        if not strategy_lib.is_tpu(self.strategy):
+            self._train_input = resume.InputState(
+                self.strategy,
+                self.worker,
+                self.checkpoint_dir,
+                self.config.runtime.keep_checkpoints,
+                self._train_dataset_fn(self.config),
+            )
         how = "random"
         if latest is None:
             src = finetune.source(self.base_model, self.config.finetune)
@@ -229,6 +270,8 @@ class Trainer:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             how = f"resumed from {latest}"
             self._saved_step = self.step
+            if self._train_input is not None:
+                self._train_input.restore(self.step)
         logging.info("Initialized: %s (step %d)", how, self.step)
         self._init = how
         return how
@@ -261,6 +304,9 @@ class Trainer:
         self.metrics["grad_norm"].update_state(norm)
 
     def _grads_impl(self, images, targets):
+        resume.set_model_noise(
+            self.model, self.config.seed, self.optimizer.iterations
+        )
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             per_example = losses.per_example_loss(targets, logits, self.sigmoid)
@@ -293,7 +339,10 @@ class Trainer:
         @tf.function
         def train_loop(iterator, num_steps):
             for _ in tf.range(num_steps):
-                images, targets = next(iterator)
+                if self._train_input is None:
+                    images, targets = next(iterator)
+                else:
+                    images, targets = self._train_input.next_step(iterator)
                 self.strategy.run(step, args=(images, targets))
 
         @tf.function
@@ -319,21 +368,36 @@ class Trainer:
 
     # Data.
 
+    def _train_dataset_fn(self, config: config_lib.TrainerConfig):
+        """The training stream of one input pipeline, given its context."""
+        return lambda ctx: input_pipeline.train_dataset(
+            self.info,
+            config,
+            ctx,
+            self.spec.image_size,
+            self.sigmoid,
+            image_dtype=self.input_dtype,
+        )
+
     def train_iterator(self):
-        """A distributed iterator over the training stream from `step`."""
-        start = self.step
+        """An iterator over the training stream from `step`.
+
+        Returns:
+          This worker's host iterator, restored to `step` by `initialize`;
+          on TPU a distributed iterator over a stream reseeded from `step`.
+        """
+        if self._train_input is not None:
+            return self._train_input.iterator
+        config = self.config
+        if self.step:
+            # No input checkpoint on TPU: another seed, so that a resumed
+            # run does not repeat the data order it already saw.
+            config = dataclasses.replace(
+                config, seed=config.seed * 7_919 + self.step
+            )
         return iter(
             input_pipeline.distribute(
-                self.strategy,
-                lambda ctx: input_pipeline.train_dataset(
-                    self.info,
-                    self.config,
-                    ctx,
-                    self.spec.image_size,
-                    self.sigmoid,
-                    start_step=start,
-                    image_dtype=self.input_dtype,
-                ),
+                self.strategy, self._train_dataset_fn(config)
             )
         )
 
@@ -510,6 +574,11 @@ class Trainer:
         if step == self._saved_step:
             return  # E.g. resumed at the end: that checkpoint is this one.
         self._saved_step = step
+        resume.sync_replica_statistics(self.strategy, self.model)
+        if self._train_input is not None:
+            # The input position first: a model checkpoint on disk implies
+            # the input position of its step is there too.
+            self._train_input.save(step)
         self.manager.save(checkpoint_number=step, check_interval=False)
         self._cleanup_worker_dir()
 

@@ -8,8 +8,10 @@ import numpy as np
 import tensorflow as tf
 
 from components import preprocessing
-from components.trainer import augment
+from components.trainer import augment, rng
 from components.trainer import config as config_lib
+
+KEY = tf.constant([7, 11], tf.int64)
 
 
 def _jpeg(height, width, seed=0, png=False):
@@ -28,7 +30,7 @@ def _in_dataset(fn, *inputs):
 class TrainPreprocessTest(tf.test.TestCase):
     def _check(self, image_bytes, size, cfg):
         def fn(b):
-            return augment.preprocess_for_train(b, size, cfg)
+            return augment.preprocess_for_train(b, size, cfg, KEY)
 
         eager = fn(tf.constant(image_bytes))
         graph, spec = _in_dataset(fn, image_bytes)
@@ -53,8 +55,66 @@ class TrainPreprocessTest(tf.test.TestCase):
         data = _jpeg(50, 70, seed=3)
         self._check(data, 32, cfg)
         want = preprocessing.preprocess_for_eval(tf.constant(data), 32)
-        got = augment.preprocess_for_train(tf.constant(data), 32, cfg)
+        got = augment.preprocess_for_train(tf.constant(data), 32, cfg, KEY)
         self.assertAllClose(got, want)
+
+    def test_draws_are_a_function_of_the_key(self):
+        """Same key, same augmentation, in any pipeline; another key differs.
+
+        Every draw of the recipe (crop window, flip, RandAugment's ops and
+        magnitudes) is stateless: a fresh dataset (a fresh process, a
+        resumed run) repeats an element's augmentation from its key alone.
+        """
+        cfg = config_lib.AugmentConfig()
+        data = _jpeg(64, 96, seed=5)
+
+        def run(indices):
+            ds = tf.data.Dataset.from_tensor_slices(indices).map(
+                lambda i: augment.preprocess_for_train(
+                    tf.constant(data), 32, cfg, rng.element_key(3, 0, 0, i)
+                )
+            )
+            return [x.numpy() for x in ds]
+
+        first = run(tf.range(6, dtype=tf.int64))
+        again = run(tf.range(6, dtype=tf.int64))
+        for a, b in zip(first, again):
+            self.assertAllEqual(a, b)
+        # Element 4 alone, in a new dataset: its own key, its own draws.
+        self.assertAllEqual(run(tf.constant([4], tf.int64))[0], first[4])
+        # Different keys draw differently.
+        digests = {x.tobytes() for x in first}
+        self.assertLen(digests, 6)
+
+    def test_no_stateful_random_op_is_left(self):
+        """The traced recipe holds stateless random ops only."""
+        cfg = config_lib.AugmentConfig(randaug_magnitude=9.0)
+        mix = augment.BatchMixup(4, 0.8, 1.0, 0.1)
+
+        @tf.function
+        def fn(b, labels):
+            image = augment.preprocess_for_train(b, 32, cfg, KEY)
+            return mix(tf.stack([image, image]), labels, KEY)
+
+        graph = fn.get_concrete_function(
+            tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)
+        ).graph
+        types = set()
+        graphs = [graph.as_graph_def()]
+        for g in graphs:
+            types.update(n.op for n in g.node)
+            for f in g.library.function:
+                types.update(n.op for n in f.node_def)
+        stateful = {
+            "RandomUniform",
+            "RandomUniformInt",
+            "RandomStandardNormal",
+            "RandomGamma",
+            "SampleDistortedBoundingBoxV2",
+        }
+        self.assertEmpty(types & stateful)
+        self.assertIn("StatelessRandomUniformV2", types)
+        self.assertIn("StatelessSampleDistortedBoundingBox", types)
 
     def test_inception_crop_varies_and_stays_inside(self):
         data = _jpeg(80, 120, seed=1)
@@ -107,11 +167,13 @@ class TargetsTest(tf.test.TestCase):
         mix = augment.BatchMixup(4, 0.8, 0.0, 0.1)
         images = tf.random.normal([6, 8, 8, 3])
         labels = tf.constant([0, 1, 2, 3, 0, 1])
-        ds = tf.data.Dataset.from_tensors((images, labels)).map(mix)
+        ds = tf.data.Dataset.from_tensors((images, labels)).map(
+            lambda x, y: mix(x, y, KEY)
+        )
         self.assertEqual(ds.element_spec[0].shape, (6, 8, 8, 3))
         self.assertEqual(ds.element_spec[1].shape, (6, 4))
         reverse = images[::-1]
-        for mixed, targets in (mix(images, labels), next(iter(ds))):
+        for mixed, targets in (mix(images, labels, KEY), next(iter(ds))):
             targets = targets.numpy()
             self.assertAllClose(targets.sum(-1), np.ones(6))
             for i in range(6):
@@ -128,6 +190,12 @@ class TargetsTest(tf.test.TestCase):
                     lam * images[i] + (1 - lam) * reverse[i],
                     atol=1e-4,
                 )
+        # The batch's key fixes its lambdas: the same key mixes alike,
+        # another key differently.
+        once, _ = mix(images, labels, KEY)
+        self.assertAllEqual(mix(images, labels, KEY)[0], once)
+        other, _ = mix(images, labels, KEY + 1)
+        self.assertNotAllClose(other, once)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+from unittest import mock
 
 import tensorflow as tf
 
@@ -217,6 +218,43 @@ class OverridesTest(tf.test.TestCase):
             config_lib.load("pretrain_i2k")
         with self.assertRaisesRegex(ValueError, "neither a recipe"):
             config_lib.load(path + ".missing.json")
+
+    def test_default_output_is_one_directory_per_run(self):
+        tiny = configs.get_config("tiny")
+        examples = base.Artifact(
+            base.EXAMPLES, "/data/a", {"num_examples": {"train": 8}}
+        )
+        other_data = base.Artifact(
+            base.EXAMPLES, "/data/b", {"num_examples": {"train": 8}}
+        )
+        home = self.create_tempdir().full_path
+        self.enter_context(mock.patch.dict(os.environ, {"COATNET_HOME": home}))
+        path = main_lib.default_output("tiny", tiny, examples, None)
+        self.assertStartsWith(path, os.path.join(home, "trainer", "tiny-"))
+        # Stable for the same run, also for settings that do not change it.
+        self.assertEqual(
+            main_lib.default_output(
+                "tiny",
+                base.apply_overrides(tiny, {"runtime.log_every_steps": 1}),
+                examples,
+                None,
+            ),
+            path,
+        )
+        others = {
+            main_lib.default_output("tiny", tiny, other_data, None),
+            main_lib.default_output(
+                "tiny", dataclasses.replace(tiny, seed=1), examples, None
+            ),
+            main_lib.default_output(
+                "tiny",
+                tiny,
+                examples,
+                base.Artifact(base.MODEL, "/runs/pretrained"),
+            ),
+        }
+        self.assertLen(others, 3)
+        self.assertNotIn(path, others)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,26 @@
-"""A run killed with SIGKILL and started again ends where an uninterrupted
-run ends, bit for bit.
+"""A run killed with SIGKILL and started again ends where an unbroken run
+ends, bit for bit, with the paper's kinds of train-time randomness on.
 
-Deterministic mode (`deterministic=True`): op determinism, a serial input
-pipeline, and on resume the input stream is replayed up to the restored
-step, so the resumed run sees the very batches the uninterrupted one saw,
-augmented alike (RandAugment and Mixup draw from stateful random ops, which
-the replay advances exactly as the first run did). The checkpoint restores
-the model, AdamW's moments, its step and the EMA. So the comparison is exact
-equality, no tolerance: any difference is a resume bug.
+Deterministic mode (`deterministic=True`): op determinism and an in-order
+input pipeline. What makes the resumed run repeat the unbroken one:
+
+- the input position (file order, shuffle buffer, offsets) is restored from
+  the tf.data iterator checkpoint saved with the model, not replayed;
+- the inception crop, flip, RandAugment and Mixup/CutMix draw from
+  stateless keys of each example's (batch's) position in the stream;
+- stochastic depth draws from the model's stateless (seed, step) key,
+  which the Trainer sets before every step;
+- the checkpoint restores the model, AdamW's moments, its step and the EMA;
+  under MirroredStrategy every save first averages the replicas' BatchNorm
+  statistics, which a checkpoint holds only as their mean.
+
+So the comparison is exact equality, no tolerance: any difference is a
+resume bug. It is made for one device (the CLI, as a user runs it) and for
+MirroredStrategy over two logical CPUs (`train_driver`), where each replica
+gets its own batches and masks.
 """
 
+import json
 import os
 import signal
 import tempfile
@@ -20,8 +31,27 @@ import tensorflow as tf
 from artifacts import model as model_io
 from tests.trainer import processes, testdata
 
-STEPS = 20
+STEPS = 16
 EVERY = 4
+# Every kind of train-time randomness the paper's recipes use.
+OVERRIDES = {
+    "deterministic": True,
+    "runtime.checkpoint_every_steps": EVERY,
+    "runtime.keep_checkpoints": 10,
+    "runtime.log_every_steps": EVERY,
+    "model.drop_path_rate": 0.1,
+    "optimizer.ema_decay": 0.9,
+    "augment.mixup_alpha": 0.8,
+    "augment.cutmix_alpha": 1.0,
+    "augment.randaug_layers": 2,
+    "data.eval_split": "",
+    "batch_size": 8,
+}
+
+
+def _flag_value(value):
+    """A --config_override value: strings as they are, else JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _state(prefix):
@@ -39,39 +69,55 @@ def _state(prefix):
 
 
 class KillAndResumeTest(tf.test.TestCase):
-    def test_sigkill_then_resume_equals_uninterrupted(self):
-        root = tempfile.mkdtemp(
+    def setUp(self):
+        super().setUp()
+        self.root = tempfile.mkdtemp(
             prefix="resume_", dir=os.environ.get("TEST_TMPDIR")
         )
-        examples = testdata.write_examples(
-            os.path.join(root, "data"), splits={"train": 48, "validation": 8}
+        self.examples = testdata.write_examples(
+            os.path.join(self.root, "data"), splits={"train": 48}
         )
+
+    def _main(self, output, log):
         flags = [
-            f"--examples={examples.uri}",
+            f"--examples={self.examples.uri}",
             "--config=tiny",
             f"--train_steps={STEPS}",
-            "--config_override=deterministic=true",
-            f"--config_override=runtime.checkpoint_every_steps={EVERY}",
-            "--config_override=runtime.keep_checkpoints=10",
-            f"--config_override=runtime.log_every_steps={EVERY}",
-            "--config_override=optimizer.ema_decay=0.9",
-            "--config_override=augment.mixup_alpha=0.8",
-            "--config_override=data.eval_split=",
+            f"--output={output}",
+        ] + [
+            f"--config_override={k}={_flag_value(v)}"
+            for k, v in OVERRIDES.items()
         ]
-        straight_dir = os.path.join(root, "straight")
-        killed_dir = os.path.join(root, "killed")
-        straight_log = os.path.join(root, "straight.txt")
-        straight = processes.start_main(
-            flags + [f"--output={straight_dir}"], straight_log
+        return processes.start_main(flags, log)
+
+    def _driver(self, output, log):
+        overrides = {
+            **OVERRIDES,
+            "train_steps": STEPS,
+            "runtime.strategy": "mirrored",
+        }
+        return processes.start_driver(
+            [
+                f"--examples={self.examples.uri}",
+                f"--output={output}",
+                "--cpus=2",
+                f"--result={output}.json",
+                f"--overrides={json.dumps(overrides)}",
+            ],
+            log,
         )
-        log = os.path.join(root, "killed_1.txt")
-        victim = processes.start_main(flags + [f"--output={killed_dir}"], log)
+
+    def _kill_resume_compare(self, start):
+        straight_dir = os.path.join(self.root, "straight")
+        killed_dir = os.path.join(self.root, "killed")
+        straight_log = os.path.join(self.root, "straight.txt")
+        straight = start(straight_dir, straight_log)
+        log = os.path.join(self.root, "killed_1.txt")
+        victim = start(killed_dir, log)
         ckpt_dir = os.path.join(killed_dir, model_io.CHECKPOINT_DIR)
         deadline = time.time() + 900
-        latest = None
         while time.time() < deadline and victim.poll() is None:
-            latest = tf.train.latest_checkpoint(ckpt_dir)
-            if latest is not None:
+            if tf.train.latest_checkpoint(ckpt_dir) is not None:
                 break
             time.sleep(0.05)
         self.assertIsNone(victim.poll(), f"finished before the kill: {log}")
@@ -85,8 +131,8 @@ class KillAndResumeTest(tf.test.TestCase):
             tf.io.gfile.exists(os.path.join(killed_dir, "weights"))
         )
 
-        log = os.path.join(root, "killed_2.txt")
-        resumed = processes.start_main(flags + [f"--output={killed_dir}"], log)
+        log = os.path.join(self.root, "killed_2.txt")
+        resumed = start(killed_dir, log)
         processes.wait(resumed, log, timeout=900)
         processes.wait(straight, straight_log, timeout=900)
         with open(log) as f:
@@ -103,6 +149,12 @@ class KillAndResumeTest(tf.test.TestCase):
             self.assertEqual(sorted(got), sorted(want))
             for key, value in want.items():
                 self.assertAllEqual(got[key], value, msg=f"{path}: {key}")
+
+    def test_one_device_cli(self):
+        self._kill_resume_compare(self._main)
+
+    def test_mirrored_two_cpus(self):
+        self._kill_resume_compare(self._driver)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import configs
 from artifacts import model as model_io
 from components import base
 from components.trainer import component as component_lib
+from components.trainer import fingerprint
 from tests.trainer import testdata
 
 
@@ -165,6 +166,54 @@ class TrainerRunTest(tf.test.TestCase):
             tf.train.latest_checkpoint(os.path.join(longer.uri, "checkpoints")),
             os.path.join(longer.uri, "checkpoints", "ckpt-8"),
         )
+        # The input position of every checkpoint was saved with it.
+        self.assertTrue(
+            tf.io.gfile.exists(
+                os.path.join(longer.uri, "checkpoints/input-0/ckpt-8.index")
+            )
+        )
+
+    def test_refuses_to_resume_another_runs_checkpoints(self):
+        config = base.apply_overrides(
+            self.config, {"train_steps": 2, "data.eval_split": ""}
+        )
+        self._train("other_run", config)
+        changed = base.apply_overrides(
+            config,
+            {"optimizer.learning_rate": 1e-4, "model.drop_path_rate": 0.1},
+        )
+        with self.assertRaises(fingerprint.RunMismatchError) as caught:
+            self._train("other_run", changed)
+        message = str(caught.exception)
+        # Says what differs, from what to what, and what to do.
+        self.assertIn(
+            "config.optimizer.learning_rate: 0.003 -> 0.0001", message
+        )
+        self.assertIn(
+            "model_spec.overrides.drop_path_rate: 0.0 -> 0.1", message
+        )
+        self.assertIn("--output", message)
+        self.assertNotIn("train_steps", message)
+        other = testdata.write_examples(
+            os.path.join(self.root, "other_colors"),
+            splits={"train": 32},
+            seed=1,
+        )
+        with self.assertRaisesRegex(fingerprint.RunMismatchError, "examples"):
+            base.execute(
+                component_lib.Trainer(),
+                {"examples": other},
+                {"model": os.path.join(self.root, "other_run")},
+                config,
+            )
+        # Checkpoints without a recorded fingerprint are not resumed either.
+        tf.io.gfile.remove(
+            os.path.join(
+                self.root, "other_run", "checkpoints", fingerprint.FILE
+            )
+        )
+        with self.assertRaisesRegex(fingerprint.RunMismatchError, "no run_"):
+            self._train("other_run", config)
 
     def test_multi_label_sigmoid_with_negative_head_bias(self):
         examples = testdata.write_examples(
