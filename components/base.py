@@ -16,6 +16,14 @@ properties, producer) at the root of every output artifact and
 a component run alone by cron, Airflow or Vertex leaves the same record as one
 run by the pipeline. The pipeline's run ledger builds lineage from these.
 
+`_artifact.json` is the commit marker: written last, atomically, after
+everything else of the artifact; removed first (`retract`) before anything
+is rewritten. A directory without it is partial whatever else it holds, and
+the component that owns it cleans it and redoes (or resumes) its work, so a
+`kill -9` at any moment leaves the previous complete state or something no
+reader takes for complete. A component may refuse to rewrite a complete
+artifact (`Component.check_rewrite`), never its own unfinished output.
+
 Artifact types and their layouts (as TFX's standard artifacts):
 
 - `Examples`: `<uri>/Split-<name>/` TFRecord shards of tf.Example.
@@ -97,8 +105,11 @@ class Artifact:
         )
 
     def write(self) -> None:
-        """Writes `_artifact.json` at the artifact's root."""
-        write_json(os.path.join(self.uri, ARTIFACT_FILE), self.to_json())
+        """Writes `_artifact.json` at the artifact's root: the commit."""
+        text = json.dumps(self.to_json(), indent=2, sort_keys=True, default=str)
+        objstore.write_atomic(
+            os.path.join(self.uri, ARTIFACT_FILE), (text + "\n").encode()
+        )
 
     @classmethod
     def read(cls, uri: str, type_name: str | None = None) -> Artifact:
@@ -115,12 +126,18 @@ class Artifact:
           ArtifactError: no `_artifact.json` there, or the wrong type.
         """
         path = os.path.join(uri, ARTIFACT_FILE)
-        if not tf.io.gfile.exists(path):
+        found = objstore.read(path)
+        if found is None:
             raise ArtifactError(
                 f"{uri} is not an artifact: {ARTIFACT_FILE} is missing. Pass "
-                "the output directory of a finished component run."
+                "the output directory of a finished component run (one "
+                "without it is partial: re-run the component)."
             )
-        artifact = cls.from_json(read_json(path))
+        try:
+            data = json.loads(found.data)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"{path} is not valid JSON: {e}") from e
+        artifact = cls.from_json(data)
         artifact.uri = uri
         if type_name is not None and artifact.type_name != type_name:
             raise ArtifactError(
@@ -172,6 +189,40 @@ class Component:
           config: an instance of `SPEC.config_type`.
         """
         raise NotImplementedError
+
+    def check_rewrite(self, uri: str, config: Any) -> None:
+        """Whether `execute` may rewrite the complete artifact at `uri`.
+
+        Called before its commit marker is retracted; the default allows
+        it (components that resume or overwrite cleanly). Raise to refuse.
+
+        Args:
+          uri: an output URI that holds `_artifact.json`.
+          config: the execution's config.
+        """
+        del uri, config
+
+
+def is_complete(uri: str) -> bool:
+    """Whether `uri` holds a committed artifact (its `_artifact.json`)."""
+    return objstore.exists(os.path.join(uri, ARTIFACT_FILE))
+
+
+def retract(uri: str) -> bool:
+    """Un-commits the artifact at `uri` before it is rewritten.
+
+    The marker goes first, so a kill during the rewrite leaves a directory
+    no reader takes for complete; the execution record follows.
+
+    Args:
+      uri: an artifact root.
+
+    Returns:
+      Whether it was complete.
+    """
+    was_complete = objstore.remove(os.path.join(uri, ARTIFACT_FILE))
+    objstore.remove(os.path.join(uri, EXECUTION_FILE))
+    return was_complete
 
 
 def execute(
@@ -226,7 +277,11 @@ def execute(
         for key, uri in output_uris.items()
     }
     for artifact in outputs.values():
-        tf.io.gfile.makedirs(artifact.uri)
+        if is_complete(artifact.uri):
+            component.check_rewrite(artifact.uri, config)
+        retract(artifact.uri)
+        if not objstore.is_remote(artifact.uri):
+            tf.io.gfile.makedirs(artifact.uri)  # No directories on gs://.
     started = time.time()
     component.run(inputs, outputs, config)
     finished = time.time()
@@ -242,8 +297,8 @@ def execute(
     }
     for artifact in outputs.values():
         artifact.properties.setdefault("producer", spec.name)
-        artifact.write()
         write_json(os.path.join(artifact.uri, EXECUTION_FILE), record)
+        artifact.write()  # The commit marker, last.
     return outputs
 
 
@@ -387,18 +442,11 @@ def _type_hints(config_type: type) -> dict[str, Any]:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Writes JSON atomically (temp file, then rename) on any filesystem;
-    on local disk also fsynced, so a power loss leaves old or new content."""
-    if "://" not in path:
-        text = json.dumps(data, indent=2, sort_keys=True, default=str)
-        objstore.write_atomic(path, (text + "\n").encode())
-        return
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True, default=str))
-        f.write("\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    """Writes JSON atomically on local disk (fsynced temp file, renamed) and
+    on gs:// (one upload), so a kill or power loss leaves old or new
+    content."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    objstore.write_atomic(path, (text + "\n").encode())
 
 
 def read_json(path: str) -> Any:

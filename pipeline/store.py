@@ -81,7 +81,8 @@ class ArtifactStore:
 
     def __init__(self, root: str):
         self.root = root
-        tf.io.gfile.makedirs(root)
+        if not objstore.is_remote(root):
+            tf.io.gfile.makedirs(root)
         self._path = os.path.join(root, LEDGER_FILE)
 
     # Layout.
@@ -189,7 +190,7 @@ class ArtifactStore:
             if execution.cache_key != cache_key or execution.state != COMPLETE:
                 continue
             if all(
-                tf.io.gfile.exists(os.path.join(a.uri, base.ARTIFACT_FILE))
+                base.is_complete(a.uri)
                 for a in execution.output_artifacts().values()
             ):
                 return execution
