@@ -106,10 +106,7 @@ class Artifact:
 
     def write(self) -> None:
         """Writes `_artifact.json` at the artifact's root: the commit."""
-        text = json.dumps(self.to_json(), indent=2, sort_keys=True, default=str)
-        objstore.write_atomic(
-            os.path.join(self.uri, ARTIFACT_FILE), (text + "\n").encode()
-        )
+        write_json(os.path.join(self.uri, ARTIFACT_FILE), self.to_json())
 
     @classmethod
     def read(cls, uri: str, type_name: str | None = None) -> Artifact:
@@ -126,7 +123,7 @@ class Artifact:
           ArtifactError: no `_artifact.json` there, or the wrong type.
         """
         path = os.path.join(uri, ARTIFACT_FILE)
-        found = objstore.read(path)
+        found = _read_bytes(path)
         if found is None:
             raise ArtifactError(
                 f"{uri} is not an artifact: {ARTIFACT_FILE} is missing. Pass "
@@ -134,7 +131,7 @@ class Artifact:
                 "without it is partial: re-run the component)."
             )
         try:
-            data = json.loads(found.data)
+            data = json.loads(found)
         except json.JSONDecodeError as e:
             raise ArtifactError(f"{path} is not valid JSON: {e}") from e
         artifact = cls.from_json(data)
@@ -203,9 +200,37 @@ class Component:
         del uri, config
 
 
+def _by_objstore(path: str) -> bool:
+    # Local disk and gs:// go through objstore (fsync, emulator); other
+    # filesystems TensorFlow knows (ram://, s3://) through tf.io.gfile.
+    return objstore.is_remote(path) or "://" not in path
+
+
+def _read_bytes(path: str) -> bytes | None:
+    if _by_objstore(path):
+        found = objstore.read(path)
+        return None if found is None else found.data
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def _remove(path: str) -> bool:
+    if _by_objstore(path):
+        return objstore.remove(path)
+    if not tf.io.gfile.exists(path):
+        return False
+    tf.io.gfile.remove(path)
+    return True
+
+
 def is_complete(uri: str) -> bool:
     """Whether `uri` holds a committed artifact (its `_artifact.json`)."""
-    return objstore.exists(os.path.join(uri, ARTIFACT_FILE))
+    path = os.path.join(uri, ARTIFACT_FILE)
+    if _by_objstore(path):
+        return objstore.exists(path)
+    return tf.io.gfile.exists(path)
 
 
 def retract(uri: str) -> bool:
@@ -220,8 +245,8 @@ def retract(uri: str) -> bool:
     Returns:
       Whether it was complete.
     """
-    was_complete = objstore.remove(os.path.join(uri, ARTIFACT_FILE))
-    objstore.remove(os.path.join(uri, EXECUTION_FILE))
+    was_complete = _remove(os.path.join(uri, ARTIFACT_FILE))
+    _remove(os.path.join(uri, EXECUTION_FILE))
     return was_complete
 
 
@@ -442,11 +467,18 @@ def _type_hints(config_type: type) -> dict[str, Any]:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Writes JSON atomically on local disk (fsynced temp file, renamed) and
-    on gs:// (one upload), so a kill or power loss leaves old or new
-    content."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    objstore.write_atomic(path, (text + "\n").encode())
+    """Writes JSON atomically on local disk (fsynced temp file, renamed), on
+    gs:// (one upload) and elsewhere (temp file, renamed), so a kill leaves
+    the old or the new content."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    if _by_objstore(path):
+        objstore.write_atomic(path, text.encode())
+        return
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read_json(path: str) -> Any:

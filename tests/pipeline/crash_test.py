@@ -1,22 +1,26 @@
 """Crash anywhere: kill -9 the main job at every step, restart, same model.
 
-The real pipeline binary (`python -m pipeline.pretrain`: pretrain,
-finetune, evaluate, export, push) runs at tiny scale in deterministic mode
-with its model store on the GCS emulator. One chain of runs: start the
-job, SIGKILL it the moment the next component's output appears (and in
-the middle of each push, and once at a random moment), restart it, and so
-on through every component; then let it finish. The pushed SavedModels'
-files and the final checkpoints must be bit-equal to those of an unbroken
-run (started alongside, on its own root and store prefix).
+The real pipeline binary (`python -m pipeline.pretrain`: pretrain, finetune,
+evaluate, export, push) runs at tiny scale in deterministic mode with its
+model store on the GCS emulator. One chain of runs: start the job, SIGKILL
+it the moment the next component's output appears (and in the middle of each
+push, and once at a random moment), restart it, and so on through every
+component; then let it finish. A trigger fires only on what the current job
+did (the ledger shows it started that component, a file is newer than the
+job), never on a killed job's leftovers. The pushed SavedModels' files and
+the final checkpoints must be bit-equal to those of an unbroken run (started
+alongside, on its own root and store prefix).
 
-Stochastic depth and Mixup are off: their in-graph random draws are not
-yet replayed on resume (the Trainer's exact resume is a separate piece of
-work), and this test is about what the kills leave behind.
+Stochastic depth and Mixup are off: exact resume of their in-graph random
+draws belongs to the Trainer's own tests; this one is about what the kills
+leave behind.
 """
 
 from __future__ import annotations
 
+import datetime
 import glob
+import json
 import os
 import random
 import signal
@@ -57,16 +61,51 @@ for _stage, _steps in (("pretrain", 8), ("finetune", 4)):
 _MODELS = ("coatnet_pretrain", "coatnet")
 
 
-def _local(pattern: str):
-    """A trigger: a file or directory matching `pattern` under the root."""
-    return lambda root, store: bool(glob.glob(os.path.join(root, pattern)))
+def _running(root: str, node: str, since: float) -> bool:
+    """Whether this job has started `node` (the ledger says RUNNING)."""
+    try:
+        with open(os.path.join(root, "ledger.json")) as f:
+            executions = json.load(f)["executions"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for e in executions:
+        started = datetime.datetime.fromisoformat(e["started"]).timestamp()
+        if e["component_id"] == node and e["state"] == "RUNNING":
+            if started >= since:
+                return True
+    return False
 
 
-def _mid_push(model: str):
-    """A trigger: objects of a push of `model` exist, its marker does not."""
+def _started(node: str):
+    """A trigger: this job started `node` (its output directory is made)."""
+    return lambda root, store, since: _running(root, node, since)
 
-    def check(root, store):
-        del root
+
+def _written(node: str, pattern: str):
+    """A trigger: this job's run of `node` wrote a file matching `pattern`
+    (under the node's outputs) since the job started."""
+
+    def check(root, store, since):
+        if not _running(root, node, since):
+            return False
+        for path in glob.glob(os.path.join(root, node, pattern)):
+            try:
+                if os.stat(path).st_mtime >= since:
+                    return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    return check
+
+
+def _mid_push(node: str, model: str):
+    """A trigger: this job's push of `model` has written objects, not yet
+    the completion marker."""
+
+    def check(root, store, since):
+        if not _running(root, node, since):
+            return False
         files = objstore.list_tree(f"{store}/{model}")
         return bool(files) and not any(
             f.endswith(publish.PUSHED_MARKER) for f in files
@@ -75,31 +114,34 @@ def _mid_push(model: str):
     return check
 
 
-# In DAG order; "random" kills at a random moment of that restart.
+# In DAG order; None kills at a random moment of that restart.
 _CRASH_POINTS = [
-    ("ExampleGen.pretrain writing", _local("ExampleGen.pretrain/*/*/*")),
+    ("ExampleGen.pretrain writing", _written("ExampleGen.pretrain", "*/*/*")),
     (
         "Trainer.pretrain after its first checkpoint",
-        _local("Trainer.pretrain/model/*/checkpoints/ckpt-4.index"),
+        _written("Trainer.pretrain", "model/*/checkpoints/ckpt-4.index"),
     ),
     ("random", None),
-    ("Evaluator.pretrain started", _local("Evaluator.pretrain/*/*")),
+    ("Evaluator.pretrain started", _started("Evaluator.pretrain")),
     (
         "Exporter.pretrain SavedModel written",
-        _local("Exporter.pretrain/model/*/Format-Serving/saved_model.pb"),
+        _written("Exporter.pretrain", "model/*/Format-Serving/saved_model.pb"),
     ),
-    ("Pusher.pretrain mid-push", _mid_push("coatnet_pretrain")),
-    ("ExampleGen.finetune writing", _local("ExampleGen.finetune/*/*/*")),
+    (
+        "Pusher.pretrain mid-push",
+        _mid_push("Pusher.pretrain", "coatnet_pretrain"),
+    ),
+    ("ExampleGen.finetune writing", _written("ExampleGen.finetune", "*/*/*")),
     (
         "Trainer.finetune after its first checkpoint",
-        _local("Trainer.finetune/model/*/checkpoints/ckpt-2.index"),
+        _written("Trainer.finetune", "model/*/checkpoints/ckpt-2.index"),
     ),
-    ("Evaluator.finetune started", _local("Evaluator.finetune/*/*")),
+    ("Evaluator.finetune started", _started("Evaluator.finetune")),
     (
         "Exporter.finetune SavedModel written",
-        _local("Exporter.finetune/model/*/Format-Serving/saved_model.pb"),
+        _written("Exporter.finetune", "model/*/Format-Serving/saved_model.pb"),
     ),
-    ("Pusher.finetune mid-push", _mid_push("coatnet")),
+    ("Pusher.finetune mid-push", _mid_push("Pusher.finetune", "coatnet")),
 ]
 
 
@@ -157,6 +199,7 @@ class CrashTest(absltest.TestCase):
         survived = []
         log = tempfile.TemporaryFile()
         for name, trigger in _CRASH_POINTS:
+            since = time.time()
             job = _start(root, store, log)
             deadline = time.monotonic() + 900
             if trigger is None:
@@ -165,7 +208,7 @@ class CrashTest(absltest.TestCase):
             while time.monotonic() < deadline:
                 if job.poll() is not None:
                     self.fail(f"The job ended before {name}:\n{_tail(log)}")
-                if trigger is not None and trigger(root, store):
+                if trigger is not None and trigger(root, store, since):
                     break
                 time.sleep(0.02)
             else:
