@@ -114,7 +114,7 @@ def _mid_push(node: str, model: str):
     return check
 
 
-# In DAG order; None kills at a random moment of that restart.
+# In DAG order; None kills at a random moment of the resumed Trainer.
 _CRASH_POINTS = [
     ("ExampleGen.pretrain writing", _written("ExampleGen.pretrain", "*/*/*")),
     (
@@ -203,8 +203,14 @@ class CrashTest(absltest.TestCase):
             job = _start(root, store, log)
             deadline = time.monotonic() + 900
             if trigger is None:
-                deadline = time.monotonic() + rng.uniform(10.0, 60.0)
+                # Somewhere in the resumed Trainer (its input replay,
+                # tracing or steps), never past the next crash point.
                 name = f"random moment (seed {seed})"
+                while not _running(root, "Trainer.pretrain", since):
+                    if job.poll() is not None or time.monotonic() > deadline:
+                        self.fail(f"No resumed Trainer:\n{_tail(log)}")
+                    time.sleep(0.02)
+                deadline = time.monotonic() + rng.uniform(0.0, 10.0)
             while time.monotonic() < deadline:
                 if job.poll() is not None:
                     self.fail(f"The job ended before {name}:\n{_tail(log)}")
