@@ -84,12 +84,12 @@ class Artifact:
         )
 
     def write(self) -> None:
-        """Writes `_artifact.json` at the artifact's root."""
+        """Writes `_artifact.json` at the artifact's root: the commit."""
         write_json(os.path.join(self.uri, ARTIFACT_FILE), self.to_json())
 
     def exists(self) -> bool:
-        """Whether the artifact's record is still on disk."""
-        return tf.io.gfile.exists(os.path.join(self.uri, ARTIFACT_FILE))
+        """Whether the artifact is still committed (`is_complete`)."""
+        return is_complete(self.uri)
 
     @classmethod
     def read(cls, uri: str, type_name: str | None = None) -> Artifact:
@@ -106,12 +106,14 @@ class Artifact:
           ArtifactError: no `_artifact.json` there, or the wrong type.
         """
         path = os.path.join(uri, ARTIFACT_FILE)
-        if not tf.io.gfile.exists(path):
+        found = _read_bytes(path)
+        if found is None:
             raise ArtifactError(
                 f"{uri} is not an artifact: {ARTIFACT_FILE} is missing. Pass "
-                "the output directory of a finished component run."
+                "the output directory of a finished component run (one "
+                "without it is partial: re-run the component)."
             )
-        artifact = cls.from_json(read_json(path))
+        artifact = cls.from_json(_parse_json(path, found))
         artifact.uri = uri
         if type_name is not None and artifact.type_name != type_name:
             raise ArtifactError(
@@ -119,6 +121,64 @@ class Artifact:
                 f"{type_name} is needed here."
             )
         return artifact
+
+
+def _by_objstore(path: str) -> bool:
+    # Local disk and gs:// go through storage.objstore (fsync; one upload
+    # per object; reachable by an emulator); other filesystems TensorFlow
+    # knows (ram://, s3://, hdfs://) through tf.io.gfile.
+    return objstore.is_remote(path) or "://" not in path
+
+
+def _read_bytes(path: str) -> bytes | None:
+    if _by_objstore(path):
+        found = objstore.read(path)
+        return None if found is None else found.data
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def _remove(path: str) -> bool:
+    if _by_objstore(path):
+        return objstore.remove(path)
+    if not tf.io.gfile.exists(path):
+        return False
+    tf.io.gfile.remove(path)
+    return True
+
+
+def is_complete(uri: str) -> bool:
+    """Whether `uri` holds a committed artifact (its `_artifact.json`).
+
+    Args:
+      uri: an artifact root.
+
+    Returns:
+      True when the commit marker is there; data without it is partial.
+    """
+    path = os.path.join(uri, ARTIFACT_FILE)
+    if _by_objstore(path):
+        return objstore.exists(path)
+    return tf.io.gfile.exists(path)
+
+
+def retract(uri: str) -> bool:
+    """Un-commits the artifact at `uri` before it is rewritten.
+
+    The marker goes first, so a kill during the rewrite leaves a directory
+    no reader takes for complete; the execution record follows.
+
+    Args:
+      uri: an artifact root.
+
+    Returns:
+      Whether it was complete.
+    """
+    was_complete = _remove(os.path.join(uri, ARTIFACT_FILE))
+    _remove(os.path.join(uri, EXECUTION_FILE))
+    return was_complete
 
 
 def write_execution(uri: str, record: Mapping[str, Any]) -> None:
@@ -173,12 +233,13 @@ def _type_hints(config_type: type) -> dict[str, Any]:
 def write_json(path: str, data: Any) -> None:
     """Writes JSON so that a reader sees the old or the new content.
 
-    Local files go through `storage.objstore.write_atomic` (temp file,
-    fsync, rename, fsync of the folder), so a power loss leaves one of
-    the two; elsewhere a temp object is renamed over the old one.
+    Local files and gs:// go through `storage.objstore.write_atomic`
+    (local: temp file, fsync, rename, fsync of the folder, so a power loss
+    leaves one of the two; gs://: one upload); elsewhere a temp object is
+    renamed over the old one.
     """
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    if "://" not in path:
+    if _by_objstore(path):
         objstore.write_atomic(path, text.encode())
         return
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
@@ -189,12 +250,22 @@ def write_json(path: str, data: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-    """Reads a JSON file, naming it in the error when it is not JSON."""
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
+    """Reads a JSON file, naming it in the error when it is not JSON.
+
+    Raises:
+      ArtifactError: the file is not JSON.
+      tf.errors.NotFoundError: there is no such file.
+    """
+    found = _read_bytes(path)
+    if found is None:
+        raise tf.errors.NotFoundError(None, None, f"{path} does not exist.")
+    return _parse_json(path, found)
+
+
+def _parse_json(path: str, data: bytes) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path} is not valid JSON: {e}") from e
 
 

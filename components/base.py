@@ -14,6 +14,14 @@ Artifacts, their types and their JSON records belong to the artifacts layer
 (`artifacts/core.py`, re-exported here for the components): `execute`
 writes `_artifact.json` and `_execution.json` for every output, so a
 component run alone leaves the same record as one run by the pipeline.
+
+`_artifact.json` is the commit marker: written last, atomically, after
+everything else of the artifact; removed first (`retract`) before anything
+is rewritten. A directory without it is partial whatever else it holds, and
+the component that owns it cleans it and redoes (or resumes) its work, so a
+`kill -9` at any moment leaves the previous complete state or something no
+reader takes for complete. A component may refuse to rewrite a complete
+artifact (`Component.check_rewrite`), never its own unfinished output.
 """
 
 from __future__ import annotations
@@ -43,9 +51,12 @@ from artifacts.core import (  # noqa: F401 (the components' names)
     ArtifactError,
     config_from_json,
     config_to_json,
+    is_complete,
     read_json,
+    retract,
     write_json,
 )
+from storage import objstore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +101,18 @@ class Component:
           config: an instance of `SPEC.config_type`.
         """
         raise NotImplementedError
+
+    def check_rewrite(self, uri: str, config: Any) -> None:
+        """Whether `execute` may rewrite the complete artifact at `uri`.
+
+        Called before its commit marker is retracted; the default allows
+        it (components that resume or overwrite cleanly). Raise to refuse.
+
+        Args:
+          uri: an output URI that holds `_artifact.json`.
+          config: the execution's config.
+        """
+        del uri, config
 
 
 def execute(
@@ -144,7 +167,11 @@ def execute(
         for key, uri in output_uris.items()
     }
     for artifact in outputs.values():
-        tf.io.gfile.makedirs(artifact.uri)
+        if is_complete(artifact.uri):
+            component.check_rewrite(artifact.uri, config)
+        retract(artifact.uri)
+        if not objstore.is_remote(artifact.uri):
+            tf.io.gfile.makedirs(artifact.uri)  # No directories on gs://.
     started = time.time()
     component.run(inputs, outputs, config)
     finished = time.time()
@@ -160,8 +187,8 @@ def execute(
     }
     for artifact in outputs.values():
         artifact.properties.setdefault("producer", spec.name)
-        artifact.write()
         core.write_execution(artifact.uri, record)
+        artifact.write()  # The commit marker, last.
     return outputs
 
 

@@ -19,7 +19,10 @@ packages it runs. When a COMPLETE execution with the same key exists and
 its outputs are still there, the node is skipped and those outputs are
 reused. When the newest execution with that key is RUNNING or FAILED (the
 process crashed or the component raised), the node runs again in the same
-output directories, so a trainer resumes from its last checkpoint.
+output directories, so a trainer resumes from its last checkpoint: the
+runner first retracts their commit markers (`base.retract`) and the
+component clears or resumes what the killed run left there, so a
+restarted pipeline never refuses its own leftovers.
 """
 
 from __future__ import annotations
@@ -168,6 +171,13 @@ def run(
                 k: store.output_uri(node.id, k, execution.id)
                 for k in node.component.SPEC.outputs
             }
+            if reuse is not None:
+                # The ledger never saw it finish, so whatever its directory
+                # holds (even a commit marker written just before the kill)
+                # is this node's own partial output: un-commit it and let
+                # the component clean and redo or resume it.
+                for uri in uris.values():
+                    base.retract(uri)
             started = time.time()
             try:
                 outputs = base.execute(

@@ -120,7 +120,8 @@ class ArtifactStore:
 
     def __init__(self, root: str):
         self.root = root
-        tf.io.gfile.makedirs(root)
+        if not objstore.is_remote(root):
+            tf.io.gfile.makedirs(root)
         self._path = os.path.join(root, LEDGER_FILE)
 
     # Layout.

@@ -33,6 +33,10 @@ in `<path>.prev`: a reader that finds `<path>` empty, truncated or not JSON
 logs a warning and returns the previous content, which is at most one
 update behind; with neither readable it raises `CorruptFileError` naming
 both files.
+
+Trees of files (`list_tree`, `copy_tree`, `delete_tree`) serve publishing
+a SavedModel: no atomic rename of a prefix exists on an object store, so a
+publisher copies with its readiness files last and then writes a marker.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -411,3 +416,132 @@ def read_json(path: str) -> Any:
 def exists(path: str) -> bool:
     """Whether `path` (local or gs://) exists."""
     return _blob(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def remove(path: str) -> bool:
+    """Deletes `path` whatever its content (a commit marker being retracted).
+
+    Args:
+      path: a local path or gs:// URI.
+
+    Returns:
+      Whether it existed.
+    """
+    if is_remote(path):
+        try:
+            _blob(path).delete()
+        except _gcs_errors().NotFound:
+            return False
+        return True
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    _fsync_dir(os.path.dirname(path) or ".")
+    return True
+
+
+# Trees of files (a SavedModel being published). An object store has no
+# directories: a "directory" is the common prefix of its objects' names.
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, name = uri[len("gs://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} is not a gs://bucket/prefix URI.")
+    return bucket, name
+
+
+def list_tree(root: str) -> list[str]:
+    """Paths of all files under `root`, relative to it, sorted.
+
+    Args:
+      root: a local directory or gs:// prefix (absent: empty list).
+
+    Returns:
+      Relative paths with "/" separators.
+    """
+    if is_remote(root):
+        bucket, name = _split(root.rstrip("/"))
+        prefix = name + "/" if name else ""
+        blobs = _gcs().list_blobs(bucket, prefix=prefix)
+        return sorted(b.name[len(prefix) :] for b in blobs)
+    found = []
+    for directory, _, files in os.walk(root):
+        relative = os.path.relpath(directory, root)
+        for file_name in files:
+            path = file_name if relative == "." else f"{relative}/{file_name}"
+            found.append(path.replace(os.sep, "/"))
+    return sorted(found)
+
+
+def list_children(root: str) -> list[str]:
+    """Names directly under `root` (files and "directories"), sorted."""
+    return sorted({p.split("/", 1)[0] for p in list_tree(root)})
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copies one file between local disk and gs:// in any direction.
+
+    A gs:// destination appears whole or not at all (one upload); a local
+    one is written to a temporary name and renamed.
+    """
+    if is_remote(src) and is_remote(dst):
+        source = _blob(src)
+        bucket, name = _split(dst)
+        source.bucket.copy_blob(source, _gcs().bucket(bucket), name)
+    elif is_remote(src):
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        tmp = f"{dst}.tmp-{uuid.uuid4().hex}"
+        _blob(src).download_to_filename(tmp)
+        os.replace(tmp, dst)
+    elif is_remote(dst):
+        _blob(dst).upload_from_filename(
+            src, content_type="application/octet-stream"
+        )
+    else:
+        with open(src, "rb") as f:
+            write_atomic(dst, f.read())
+
+
+def copy_tree(src: str, dst: str, last: tuple[str, ...] = ()) -> list[str]:
+    """Copies every file under `src` to `dst`, the files in `last` last.
+
+    Args:
+      src: a local directory or gs:// prefix.
+      dst: the destination directory or prefix.
+      last: relative paths copied after all others, in this order (a
+        reader that waits for them then finds everything else there).
+
+    Returns:
+      The relative paths copied, in copy order.
+    """
+    files = list_tree(src)
+    order = [p for p in files if p not in last]
+    order += [p for p in last if p in files]
+    for path in order:
+        copy_file(f"{src.rstrip('/')}/{path}", f"{dst.rstrip('/')}/{path}")
+    return order
+
+
+def delete_tree(root: str) -> int:
+    """Deletes every file under `root` (and, locally, the directory).
+
+    Returns:
+      The number of files deleted.
+    """
+    if not is_remote(root):
+        if not os.path.exists(root):
+            return 0
+        count = len(list_tree(root))
+        shutil.rmtree(root)
+        return count
+    exc = _gcs_errors()
+    count = 0
+    for path in list_tree(root):
+        try:
+            _blob(f"{root.rstrip('/')}/{path}").delete()
+            count += 1
+        except exc.NotFound:
+            pass
+    return count

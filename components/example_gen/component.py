@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
+from absl import logging
 
 from artifacts import examples as examples_lib
 from components import base
@@ -71,20 +72,40 @@ def resolve_inputs(
     return sources.ResolvedInputs(main, validation)
 
 
+def _refuse_complete(uri: str) -> None:
+    raise ValueError(
+        f"--output={uri} already holds a complete ExampleGen output "
+        f"({base.ARTIFACT_FILE} is there); choose a new directory or pass "
+        "--overwrite."
+    )
+
+
 def _prepare_output(layout: beam_pipeline.Layout, overwrite: bool) -> None:
-    """Refuses to mix runs in one artifact, or clears the old one."""
+    """Clears what an unfinished run left, or the old artifact when asked.
+
+    Without `_artifact.json` (the commit marker) whatever the directory
+    holds is the partial output of a run that was killed or failed: it is
+    ours to clear and redo, so a restarted run never refuses its own
+    leftovers. A complete artifact is refused unless `overwrite`; then its
+    marker goes first, so a rewrite killed half-way cannot look complete.
+    """
     uri = layout.uri
+    if base.is_complete(uri):
+        if not overwrite:
+            _refuse_complete(uri)
+        base.retract(uri)
     old = [
         posixpath.join(uri, name.rstrip("/"))
         for name in tf.io.gfile.listdir(uri)
         if name.startswith((examples_lib.SPLIT_PREFIX, "rejects", "_work"))
         or name in (LABELS_FILE, METADATA_FILE)
     ]
-    if old and not overwrite:
-        raise ValueError(
-            f"--output={uri} already holds ExampleGen output "
-            f"({sorted(posixpath.basename(p) for p in old)}); choose a new "
-            "directory or pass --overwrite."
+    if old:
+        logging.info(
+            "ExampleGen: clearing the partial output of an unfinished run "
+            "in %s: %s",
+            uri,
+            sorted(posixpath.basename(p) for p in old),
         )
     for path in old:
         if tf.io.gfile.isdir(path):
@@ -219,6 +240,14 @@ class ExampleGen(base.Component):
     """Writes an Examples artifact from one of the four sources."""
 
     SPEC = SPEC
+
+    def check_rewrite(
+        self, uri: str, config: config_lib.ExampleGenConfig
+    ) -> None:
+        """Refuses to replace a complete Examples artifact without
+        `overwrite` (its consumers may still read it)."""
+        if not config.overwrite:
+            _refuse_complete(uri)
 
     def run(
         self,

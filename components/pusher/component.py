@@ -8,8 +8,9 @@ Pusher records: `pushed` (1/0), `pushed_version` and `pushed_destination`
 
 Only a model blessed by the Evaluator, and by infra-validation when that
 blessing is given, is pushed, to `<serving_base>/<model_name>/<version>/`
-(see `artifacts.model_store` for why a server never sees it half-written).
-The version is the newest existing + 1, or the Unix time (TFX's
+(see `artifacts.publish` for why a server never sees it half-written and
+a killed push is never taken for a pushed version). The version is the
+newest existing + 1, or the Unix time (TFX's
 UNIX_TIMESTAMP). Pushing the export that is already the newest version
 pushes nothing and reports that version (re-runs are idempotent). The last
 `keep_versions` versions are kept; older ones are deleted after the push.
@@ -36,12 +37,11 @@ import os
 import re
 from collections.abc import Mapping
 
-import tensorflow as tf
 from absl import logging
 
 from artifacts import blessing as blessing_lib
 from artifacts import model as model_io
-from artifacts import model_store
+from artifacts import model_store, publish
 from components import base
 
 VERSIONING = ("increment", "timestamp")
@@ -123,37 +123,33 @@ class Pusher(base.Component):
             _record(pushed, config.model_name, None, "", refusal)
             return
         saved_model = os.path.join(inputs["model"].uri, model_io.SERVING_DIR)
-        if not tf.io.gfile.exists(
+        if not publish.exists(
             os.path.join(saved_model, model_store.SAVED_MODEL_PB)
         ):
             raise base.ArtifactError(
                 f"{inputs['model'].uri} has no {model_io.SERVING_DIR} "
                 "SavedModel; run the Exporter on it first."
             )
-        versions = model_store.list_versions(model_dir)
-        if versions and model_store.same_model(
-            os.path.join(model_dir, str(versions[-1])), saved_model
-        ):
-            version = versions[-1]
-            _record(
-                pushed,
-                config.model_name,
-                version,
-                os.path.join(model_dir, str(version)),
-                "Already the newest version; nothing copied.",
-            )
-            return
-        version = model_store.next_version(
-            model_dir, use_timestamp=config.versioning == "timestamp"
+        published = publish.push(
+            model_dir, saved_model, config.versioning == "timestamp"
         )
-        destination = model_store.write_version(model_dir, saved_model, version)
-        removed = model_store.prune(model_dir, config.keep_versions, version)
+        if published.action == "unchanged":
+            reason = "Already the newest version; nothing copied."
+        else:
+            removed = publish.prune(
+                model_dir, config.keep_versions, published.version
+            )
+            verb = "Pushed" if published.action == "pushed" else "Completed"
+            reason = (
+                f"{verb} version {published.version}; removed "
+                f"{removed or 'none'}."
+            )
         _record(
             pushed,
             config.model_name,
-            version,
-            destination,
-            f"Pushed version {version}; removed {removed or 'none'}.",
+            published.version,
+            published.destination,
+            reason,
         )
 
 

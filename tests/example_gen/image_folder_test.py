@@ -261,7 +261,9 @@ class ImageFolderPipelineTest(parameterized.TestCase):
 
     def test_a_second_run_into_the_same_output_is_refused(self):
         with mock.patch.object(component.runners, "run") as run:
-            with self.assertRaisesRegex(ValueError, "already holds ExampleGen"):
+            with self.assertRaisesRegex(
+                ValueError, "already holds a complete ExampleGen output"
+            ):
                 base.execute(
                     component.ExampleGen(),
                     {},
@@ -269,6 +271,36 @@ class ImageFolderPipelineTest(parameterized.TestCase):
                     _config(self.root),
                 )
             run.assert_not_called()
+
+    def test_unfinished_output_is_redone_and_overwrite_uncommits_first(self):
+        # What a killed run leaves: shards, Beam's _work, no _artifact.json.
+        uri = os.path.join(self.tmp, "killed")
+        shutil.copytree(self.uri, uri)
+        os.remove(os.path.join(uri, base.ARTIFACT_FILE))
+        os.makedirs(os.path.join(uri, "_work", "attempt"))
+        stale = os.path.join(uri, "Split-train", "stale-shard")
+        with open(stale, "wb") as f:
+            f.write(b"half")
+        config = _config(self.root, beam_pipeline_args=IN_MEMORY)
+        base.execute(component.ExampleGen(), {}, {"examples": uri}, config)
+        self.assertEqual(fixtures.read_shards(uri, "train"), self.train)
+        self.assertFalse(os.path.exists(stale))
+        self.assertFalse(os.path.exists(os.path.join(uri, "_work")))
+        self.assertTrue(base.is_complete(uri))
+        # A rewrite with --overwrite that dies half-way leaves no marker.
+        overwrite = _config(
+            self.root, beam_pipeline_args=IN_MEMORY, overwrite=True
+        )
+        with mock.patch.object(
+            component.runners, "run", side_effect=RuntimeError("killed")
+        ):
+            with self.assertRaisesRegex(RuntimeError, "killed"):
+                base.execute(
+                    component.ExampleGen(), {}, {"examples": uri}, overwrite
+                )
+        self.assertFalse(base.is_complete(uri))
+        with self.assertRaises(base.ArtifactError):
+            base.Artifact.read(uri)
 
 
 if __name__ == "__main__":

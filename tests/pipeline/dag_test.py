@@ -155,6 +155,26 @@ class DagTest(tf.test.TestCase):
         self.assertEqual(result.executions["Train"].id, failed.id)
         self.assertEqual(result.cached(), ["Gen"])
 
+    def test_own_commit_the_ledger_never_saw_is_redone_not_refused(self):
+        class _StrictGen(_Gen):
+            def check_rewrite(self, uri, config):
+                raise ValueError(f"{uri} is complete: refused")
+
+        nodes = [dag.Node("Gen", _StrictGen(), _GenConfig("abc"))]
+        first = self._run(nodes)
+        uri = first.outputs["Gen"]["examples"].uri
+        # Killed after writing _artifact.json, before the ledger's COMPLETE.
+        execution = self.store.executions()[-1]
+        self.store.finish(execution, store_lib.RUNNING)
+        with self.assertRaisesRegex(ValueError, "refused"):
+            base.execute(_StrictGen(), {}, {"examples": uri}, _GenConfig())
+        result = self._run(nodes)
+        self.assertEqual(_CALLS, ["Gen", "Gen"])
+        self.assertEqual(result.executions["Gen"].id, execution.id)
+        self.assertEqual(result.outputs["Gen"]["examples"].uri, uri)
+        self.assertTrue(base.is_complete(uri))
+        self.assertIn("resuming", self.lines[-2])
+
     def test_resolver_input_and_artifact_query(self):
         first = self._run(_nodes())
         model = first.outputs["Train"]["model"]

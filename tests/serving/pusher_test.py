@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from artifacts import blessing as blessing_lib
 from artifacts import model as model_io
-from artifacts import model_store
+from artifacts import model_store, publish
 from components import base
 from components.pusher import component as pusher
 
@@ -170,8 +170,14 @@ class PusherTest(tf.test.TestCase):
         props = self._push(self._model("a", 1.0), versioning="timestamp")
         self.assertGreaterEqual(int(props["pushed_version"]), before)
         # A clock behind the newest version still yields a newer one.
+        # (A complete version another pusher wrote: an empty directory
+        # would be a killed push's leftover, replaced in place.)
         future = before + 10**6
-        tf.io.gfile.makedirs(os.path.join(self.model_dir, str(future)))
+        model_store.write_version(
+            self.model_dir,
+            os.path.join(self._model("c", 3.0).uri, model_io.SERVING_DIR),
+            future,
+        )
         props = self._push(self._model("b", 2.0), versioning="timestamp")
         self.assertEqual(props["pushed_version"], str(future + 1))
 
@@ -233,6 +239,36 @@ class PusherTest(tf.test.TestCase):
         self.assertTrue(
             tf.io.gfile.exists(f"{final}/variables/variables.index")
         )
+
+    def test_a_killed_push_is_replaced_or_completed_not_counted(self):
+        model = self._model("m", 4.0)
+        source = os.path.join(model.uri, model_io.SERVING_DIR)
+        # Killed before saved_model.pb: never loadable, so replaced in
+        # place; the killed run's temporary directory is cleared.
+        partial = os.path.join(self.model_dir, "1")
+        os.makedirs(os.path.join(partial, "variables"))
+        with open(os.path.join(partial, "fingerprint.pb"), "wb") as f:
+            with open(os.path.join(source, "fingerprint.pb"), "rb") as g:
+                f.write(g.read())
+        os.makedirs(os.path.join(self.model_dir, ".tmp-1-999"))
+        props = self._push(model)
+        self.assertEqual(props["pushed_version"], "1")
+        self.assertIn("Pushed", props["reason"])
+        self.assertEqual(os.listdir(self.model_dir), ["1"])
+        self.assertTrue(publish.is_pushed(partial))
+        self.assertTrue(os.path.exists(os.path.join(partial, "saved_model.pb")))
+        # Killed after saved_model.pb, before the marker: the same model is
+        # complete, so the next push only marks it.
+        os.remove(os.path.join(partial, publish.PUSHED_MARKER))
+        props = self._push(model)
+        self.assertEqual(props["pushed_version"], "1")
+        self.assertIn("Completed", props["reason"])
+        self.assertTrue(publish.is_pushed(partial))
+        # A different model without a marker is left alone.
+        os.remove(os.path.join(partial, publish.PUSHED_MARKER))
+        props = self._push(self._model("other", 6.0))
+        self.assertEqual(props["pushed_version"], "2")
+        self.assertEqual(model_store.list_versions(self.model_dir), [1, 2])
 
     def test_prune_keeps_the_protected_version(self):
         for v in (1, 2, 5):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -47,6 +49,29 @@ class _ObjstoreCases:
 
     def path(self, name: str) -> str:
         raise NotImplementedError
+
+    def test_trees_copy_last_files_last_list_and_delete(self):
+        src = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, src)
+        for name, data in (("a", b"1"), ("sub/b", b"22"), ("last", b"3")):
+            os.makedirs(
+                os.path.dirname(os.path.join(src, name)) or src, exist_ok=True
+            )
+            with open(os.path.join(src, name), "wb") as f:
+                f.write(data)
+        tree = self.path("tree")
+        order = objstore.copy_tree(src, tree, last=("last",))
+        self.assertEqual(order, ["a", "sub/b", "last"])
+        self.assertEqual(objstore.list_tree(tree), ["a", "last", "sub/b"])
+        self.assertEqual(objstore.list_children(tree), ["a", "last", "sub"])
+        back = os.path.join(src, "back")
+        objstore.copy_tree(tree, back)
+        with open(os.path.join(back, "sub", "b"), "rb") as f:
+            self.assertEqual(f.read(), b"22")
+        self.assertTrue(objstore.remove(f"{tree}/a"))
+        self.assertFalse(objstore.remove(f"{tree}/a"))
+        self.assertEqual(objstore.delete_tree(tree), 2)
+        self.assertEqual(objstore.list_tree(tree), [])
 
     def test_read_missing_is_none(self):
         self.assertIsNone(objstore.read(self.path("missing")))
