@@ -12,7 +12,7 @@ from artifacts import model as model_io
 from components import base
 from components.trainer import component as component_lib
 from components.trainer import fingerprint
-from tests.trainer import testdata
+from tests.components.trainer import testdata
 
 
 def _events(folder):

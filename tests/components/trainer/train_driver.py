@@ -5,7 +5,8 @@ TensorFlow starts, so tests that need them (MirroredStrategy over two
 logical CPUs, bit-exact comparisons) train here and read back the JSON
 this writes: the per-log-interval history and the evaluation.
 
-    python -m tests.trainer.train_driver --examples=... --output=... \
+    python -m tests.components.trainer.train_driver \
+        --examples=... --output=... \
         --overrides='{"train_steps": 8}' --cpus=2 --result=out.json
 """
 

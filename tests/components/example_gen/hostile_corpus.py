@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from components.example_gen import images, records
-from tests.example_gen import fixtures
+from tests.components.example_gen import fixtures
 
 WRITTEN = "written"
 CONVERTED = "converted"

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from artifacts import model as model_io
 from components import base
-from tests.trainer import processes, testdata
+from tests.components.trainer import processes, testdata
 
 # Plain inputs (no random crop, flip, RandAugment or Mixup), read in file
 # order, so that every run sees the same examples in the same batches.

@@ -11,7 +11,7 @@ from absl.testing import absltest, flagsaver
 
 from components.example_gen import main, runners
 from tests import child_env
-from tests.example_gen import fixtures
+from tests.components.example_gen import fixtures
 
 _REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

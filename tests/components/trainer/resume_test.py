@@ -29,7 +29,7 @@ import time
 import tensorflow as tf
 
 from artifacts import model as model_io
-from tests.trainer import processes, testdata
+from tests.components.trainer import processes, testdata
 
 STEPS = 16
 EVERY = 4

@@ -10,7 +10,7 @@ from absl.testing import absltest
 from components import base
 from components.example_gen import beam_pipeline, component, records, sources
 from components.example_gen import config as config_lib
-from tests.example_gen import fixtures
+from tests.components.example_gen import fixtures
 
 IN_MEMORY = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 

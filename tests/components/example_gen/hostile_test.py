@@ -26,7 +26,7 @@ from absl.testing import absltest
 from components import base
 from components.example_gen import component, images, records
 from components.example_gen import config as config_lib
-from tests.example_gen import fixtures, hostile_corpus
+from tests.components.example_gen import fixtures, hostile_corpus
 
 IN_MEMORY = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 _WORD = "A-Za-z0-9_"

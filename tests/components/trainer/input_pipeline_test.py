@@ -12,7 +12,7 @@ import configs
 from components import base
 from components.trainer import config as config_lib
 from components.trainer import input_pipeline
-from tests.trainer import testdata
+from tests.components.trainer import testdata
 
 PLAIN = config_lib.AugmentConfig(
     inception_crop=False, flip=False, randaug_layers=0, mixup_alpha=0.0

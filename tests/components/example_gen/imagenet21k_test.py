@@ -11,7 +11,7 @@ from official.vision.dataloaders import classification_input
 from components import base
 from components.example_gen import component, images, records, sources
 from components.example_gen import config as config_lib
-from tests.example_gen import fixtures
+from tests.components.example_gen import fixtures
 
 IN_MEMORY = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 PER_CLASS = 8

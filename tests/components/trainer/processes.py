@@ -49,9 +49,12 @@ def start_main(
 
 
 def start_driver(args: list[str], log_path: str) -> subprocess.Popen:
-    """Starts `tests.trainer.train_driver` in a new process."""
+    """Starts `tests.components.trainer.train_driver` in a new process."""
     return _start(
-        "tests.trainer.train_driver", args, log_path, child_env.python_env()
+        "tests.components.trainer.train_driver",
+        args,
+        log_path,
+        child_env.python_env(),
     )
 
 

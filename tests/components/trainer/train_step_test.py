@@ -11,7 +11,7 @@ import tf_keras
 import configs
 from components import base
 from components.trainer import input_pipeline, train_lib
-from tests.trainer import testdata
+from tests.components.trainer import testdata
 
 
 class TrainStepTest(tf.test.TestCase):

@@ -9,7 +9,7 @@ from absl.testing import absltest, parameterized
 from PIL import Image
 
 from components.example_gen import images, records
-from tests.example_gen import fixtures
+from tests.components.example_gen import fixtures
 
 OPTIONS = images.ImageOptions(max_pixels=1_000_000)
 

@@ -20,7 +20,7 @@ from components.example_gen import (
     sources,
 )
 from components.example_gen import config as config_lib
-from tests.example_gen import fixtures
+from tests.components.example_gen import fixtures
 
 
 def _source(**kwargs):

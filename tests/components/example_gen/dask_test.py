@@ -15,7 +15,7 @@ from dask import distributed
 from components import base
 from components.example_gen import component
 from components.example_gen import config as config_lib
-from tests.example_gen import fixtures
+from tests.components.example_gen import fixtures
 
 
 def _config(root: str, **kwargs) -> config_lib.ExampleGenConfig:

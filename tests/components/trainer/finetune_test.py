@@ -18,7 +18,7 @@ from artifacts import model as model_io
 from components import base
 from components.trainer import component as component_lib
 from components.trainer import finetune, input_pipeline, train_lib
-from tests.trainer import testdata
+from tests.components.trainer import testdata
 
 
 class HeadRowsTest(tf.test.TestCase):
