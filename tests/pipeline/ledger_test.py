@@ -9,9 +9,11 @@ import sys
 
 import tensorflow as tf
 
+from components import base
 from pipeline import store as store_lib
 from storage import objstore
 from tests import child_env
+from tests.storage import emulator
 
 # Records executions as fast as it can until killed.
 _RECORDER = """
@@ -92,6 +94,72 @@ class LedgerTest(tf.test.TestCase):
             objstore.CorruptFileError, "ledger.json is empty"
         ):
             store.executions()
+
+
+class LedgerOnObjectStoreTest(tf.test.TestCase):
+    """The artifact store with its root on gs:// (the emulator)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.gcs = emulator.GcsEmulator()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gcs.stop()
+        super().tearDownClass()
+
+    def test_cache_hits_need_committed_outputs_on_gs(self):
+        root = self.gcs.uri("caching", "root")
+        store = store_lib.ArtifactStore(root)
+        execution = _record(store, "Trainer.pretrain")
+        uri = store.output_uri("Trainer.pretrain", "model", execution.id)
+        self.assertStartsWith(uri, root)
+        # Output data without its commit marker: not complete, no hit.
+        objstore.write_atomic(f"{uri}/weights/model.index", b"w")
+        model = base.Artifact(base.MODEL, uri, {"step": 4})
+        store.finish(execution, store_lib.COMPLETE, outputs={"model": model})
+        self.assertIsNone(store.find_complete("Trainer.pretrain"))
+        model.write()
+        found = store_lib.ArtifactStore(root).find_complete("Trainer.pretrain")
+        self.assertEqual(found.id, execution.id)
+        self.assertEqual(found.outputs["model"].properties, {"step": 4})
+        self.assertEqual(base.Artifact.read(uri).properties, {"step": 4})
+        # Retracted before a rewrite: no longer a hit.
+        self.assertTrue(base.retract(uri))
+        self.assertIsNone(store.find_complete("Trainer.pretrain"))
+
+    def test_sigkill_while_recording_on_gs_leaves_a_readable_ledger(self):
+        root = self.gcs.uri("killed", "root")
+        seen = 0
+        for _ in range(2):
+            # The child reaches the emulator through STORAGE_EMULATOR_HOST.
+            child = subprocess.Popen(
+                [sys.executable, "-c", _RECORDER, root],
+                env=child_env.python_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.assertEqual(child.stdout.readline().strip(), "RECORDING")
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+            ids = [e.id for e in store_lib.ArtifactStore(root).executions()]
+            self.assertEqual(ids, list(range(1, len(ids) + 1)))
+            self.assertGreater(len(ids), seen)
+            seen = len(ids)
+
+    def test_truncated_ledger_on_gs_falls_back_to_previous_copy(self):
+        root = self.gcs.uri("truncated", "root")
+        store = store_lib.ArtifactStore(root)
+        _record(store, "A")
+        _record(store, "B")
+        path = f"{root}/{store_lib.LEDGER_FILE}"
+        whole = objstore.read(path).data
+        objstore.write_atomic(path, whole[: len(whole) // 2])
+        with self.assertLogs(level="WARNING"):
+            names = [e.component_id for e in store.executions()]
+        self.assertEqual(names, ["A"])
 
 
 if __name__ == "__main__":
