@@ -21,7 +21,7 @@ import sys
 from absl import app, flags
 
 from components import base, cli
-from components.example_gen import component
+from components.example_gen import component, runners
 from components.example_gen import config as config_lib
 
 _DEFAULTS = config_lib.ExampleGenConfig(
@@ -175,6 +175,8 @@ def build_config(passthrough: list[str]) -> config_lib.ExampleGenConfig:
 def main(argv: list[str]) -> None:
     try:
         config = build_config(list(argv[1:]))
+        # Bad pass-through options fail before anything is written.
+        runners.check_beam_args(list(config.beam_pipeline_args))
         if not FLAGS.output:
             raise ValueError("--output is required.")
         output = cli.check_output_location(

@@ -8,6 +8,7 @@ import tensorflow as tf
 from absl.testing import absltest, parameterized
 from PIL import Image
 
+from artifacts import examples as examples_lib
 from components.example_gen import images, records
 from tests.components.example_gen import fixtures
 
@@ -130,7 +131,7 @@ class RecordsTest(absltest.TestCase):
             jpeg, 48, 64, [3, 7], [0.5, 0.25], "a/b.jpg"
         )
         parsed = tf.io.parse_single_example(
-            data, records.feature_spec(multi_label=True, with_scores=True)
+            data, examples_lib.feature_spec(multi_label=True, with_scores=True)
         )
         self.assertEqual(parsed[records.IMAGE_ENCODED].numpy(), jpeg)
         self.assertEqual(parsed[records.IMAGE_FORMAT].numpy(), b"jpeg")

@@ -13,9 +13,8 @@ from components.example_gen import main, runners
 from tests import child_env
 from tests.components.example_gen import fixtures
 
-_REPO = os.path.dirname(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-)
+# tests/components/example_gen/main_test.py -> the repository root.
+_REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 3))
 
 
 def _parse(*args):
