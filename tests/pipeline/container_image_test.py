@@ -11,7 +11,9 @@ from absl.testing import absltest
 
 from pipeline import kfp_compile
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_ROOT = os.path.abspath(
+    os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..")
+)
 
 
 def _read(*parts: str) -> str:
