@@ -89,20 +89,20 @@ class KfpLocalTest(absltest.TestCase):
                     continue
                 produced = by_node[source.node_id].outputs[source.key]
                 self.assertEqual(
-                    by_node[node.id].inputs[key]["uri"],
-                    produced["uri"],
+                    by_node[node.id].inputs[key].uri,
+                    produced.uri,
                     f"{node.id}.{key}",
                 )
                 self.assertStartsWith(
-                    produced["uri"], os.path.join(root, "kfp") + os.sep
+                    produced.uri, os.path.join(root, "kfp") + os.sep
                 )
         blessing = by_node["Evaluator.pretrain"].outputs["blessing"]
-        self.assertEqual(blessing["properties"]["blessed"], 0)
+        self.assertEqual(blessing.properties["blessed"], 0)
         blessing = by_node["Evaluator.finetune"].outputs["blessing"]
-        self.assertEqual(blessing["properties"]["blessed"], 1)
+        self.assertEqual(blessing.properties["blessed"], 1)
         pushed = by_node["Pusher.finetune"].outputs["pushed_model"]
-        self.assertEqual(pushed["properties"]["pushed"], 1)
-        version_dir = pushed["properties"]["pushed_destination"]
+        self.assertEqual(pushed.properties["pushed"], 1)
+        version_dir = pushed.properties["pushed_destination"]
         self.assertTrue(
             tf.io.gfile.exists(os.path.join(version_dir, "saved_model.pb")),
             version_dir,
