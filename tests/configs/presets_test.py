@@ -304,3 +304,7 @@ class TopologiesTest(tf.test.TestCase):
         for name in ("v3", "v9-8", "v3-3", "tpu-32"):
             with self.assertRaisesRegex(ValueError, "--tpu_topology"):
                 tpu_topologies.parse(name)
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -84,7 +84,7 @@ class _Child:
 class _LockCases:
     """The same cases on each filesystem; subclasses give `new_root`."""
 
-    rounds = 30
+    rounds = 12
 
     def new_root(self) -> str:
         raise NotImplementedError
@@ -238,7 +238,7 @@ class LocalLockTest(_LockCases, absltest.TestCase):
 
 
 class GcsLockTest(_LockCases, absltest.TestCase):
-    rounds = 12
+    rounds = 6
 
     @classmethod
     def setUpClass(cls):

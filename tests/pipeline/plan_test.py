@@ -291,3 +291,7 @@ class BinariesTest(tf.test.TestCase):
         self.assertIn("needs --preset=NAME", proc.stderr)
         for name in ("demo", "i21k_to_i1k", "i1k", "jft_to_i1k"):
             self.assertIn(name, proc.stderr)
+
+
+if __name__ == "__main__":
+    tf.test.main()

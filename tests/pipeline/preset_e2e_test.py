@@ -172,3 +172,7 @@ class PresetEndToEndTest(tf.test.TestCase):
         run_dir = os.path.dirname(result.report_path)
         with open(os.path.join(run_dir, "config.json")) as f:
             self.assertEqual(json.load(f)["preset"], "i21k_to_i1k")
+
+
+if __name__ == "__main__":
+    tf.test.main()
