@@ -176,17 +176,7 @@ def _checkpoint(root: str, node: str) -> dict[str, np.ndarray]:
     }
 
 
-class CrashTest(absltest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.gcs = emulator.GcsEmulator()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.gcs.stop()
-        super().tearDownClass()
-
+class CrashTest(emulator.EmulatorMixin, absltest.TestCase):
     def test_kill_at_every_step_then_restart_pushes_the_same_model(self):
         tmp = self.create_tempdir().full_path
         ref_root, root = os.path.join(tmp, "ref"), os.path.join(tmp, "crash")

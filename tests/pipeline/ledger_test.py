@@ -96,18 +96,8 @@ class LedgerTest(tf.test.TestCase):
             store.executions()
 
 
-class LedgerOnObjectStoreTest(tf.test.TestCase):
+class LedgerOnObjectStoreTest(emulator.EmulatorMixin, tf.test.TestCase):
     """The artifact store with its root on gs:// (the emulator)."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.gcs = emulator.GcsEmulator()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.gcs.stop()
-        super().tearDownClass()
 
     def test_cache_hits_need_committed_outputs_on_gs(self):
         root = self.gcs.uri("caching", "root")

@@ -237,18 +237,8 @@ class LocalLockTest(_LockCases, absltest.TestCase):
         return self.create_tempdir().full_path
 
 
-class GcsLockTest(_LockCases, absltest.TestCase):
+class GcsLockTest(emulator.EmulatorMixin, _LockCases, absltest.TestCase):
     rounds = 6
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.gcs = emulator.GcsEmulator()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.gcs.stop()
-        super().tearDownClass()
 
     def new_root(self) -> str:
         return self.gcs.uri(f"root-{uuid.uuid4().hex[:8]}")

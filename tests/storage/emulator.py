@@ -96,3 +96,20 @@ class GcsEmulator:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = self._previous
+
+
+class EmulatorMixin:
+    """One emulator per test class, as `cls.gcs`; stopped after the class.
+
+    Put it before the TestCase base: `class T(EmulatorMixin, TestCase)`.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.gcs = GcsEmulator()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gcs.stop()
+        super().tearDownClass()

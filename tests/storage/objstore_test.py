@@ -258,17 +258,9 @@ class LocalObjstoreTest(_ObjstoreCases, absltest.TestCase):
             child.wait()
 
 
-class GcsObjstoreTest(_ObjstoreCases, absltest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.gcs = emulator.GcsEmulator()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.gcs.stop()
-        super().tearDownClass()
-
+class GcsObjstoreTest(
+    emulator.EmulatorMixin, _ObjstoreCases, absltest.TestCase
+):
     def setUp(self):
         super().setUp()
         self.prefix = f"t{time.monotonic_ns()}"

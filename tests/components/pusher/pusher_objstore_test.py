@@ -57,17 +57,7 @@ class _Tiny(tf.Module):
         return {"y": x * self.w}
 
 
-class PusherObjectStoreTest(absltest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.gcs = emulator.GcsEmulator()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.gcs.stop()
-        super().tearDownClass()
-
+class PusherObjectStoreTest(emulator.EmulatorMixin, absltest.TestCase):
     def setUp(self):
         super().setUp()
         self.root = self.create_tempdir().full_path
