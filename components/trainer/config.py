@@ -211,6 +211,9 @@ class RuntimeConfig:
       checkpoint_every_steps: save a checkpoint every this many steps.
       keep_checkpoints: checkpoints kept in `<model>/checkpoints`.
       log_every_steps: console and TensorBoard logging interval.
+      max_nonfinite_steps: a step whose loss or gradient is not finite is
+        skipped (and counted); the run stops with an error after this many
+        such steps in a row (0: never).
     """
 
     strategy: str = "default"
@@ -223,6 +226,7 @@ class RuntimeConfig:
     checkpoint_every_steps: int = 1000
     keep_checkpoints: int = 5
     log_every_steps: int = 100
+    max_nonfinite_steps: int = 10
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,7 @@ IGNORED = frozenset(
         "runtime.checkpoint_every_steps",
         "runtime.keep_checkpoints",
         "runtime.log_every_steps",
+        "runtime.max_nonfinite_steps",
         "runtime.steps_per_execution",
         "runtime.tpu",
         "runtime.zone",

@@ -42,6 +42,7 @@ from components.trainer import (
     finetune,
     input_pipeline,
     losses,
+    nonfinite,
     optimization,
     resume,
 )
@@ -129,6 +130,7 @@ class Trainer:
         self.eval_batches = self._eval_batches()
         self._build()
         self._train_fn = None
+        self._skipped_logged = 0
         self._eval_fn = None
         self._writers = {}
         self._saved_step = None
@@ -180,6 +182,9 @@ class Trainer:
                 self.config.optimizer,
                 self.learning_rate,
                 self.model.trainable_variables,
+            )
+            self.guard = nonfinite.StepGuard(
+                self.config.runtime.max_nonfinite_steps
             )
             self.metrics = {
                 name: tf_keras.metrics.Mean(name)
@@ -293,9 +298,9 @@ class Trainer:
             grads, norm = tf.clip_by_global_norm(grads, clip)
         else:
             norm = tf.linalg.global_norm(grads)
-        self.optimizer.apply_gradients(
-            zip(grads, self.model.trainable_variables),
-            skip_gradients_aggregation=True,
+        finite = self.guard.is_finite(per_example, norm)
+        self.guard.apply(
+            self.optimizer, grads, self.model.trainable_variables, finite
         )
         self.metrics["loss"].update_state(per_example)
         self.metrics["accuracy"].update_state(
@@ -480,6 +485,15 @@ class Trainer:
             n = min(boundaries) - step
             self.run_steps(iterator, n)
             step += n
+            skipped = self.guard.check(step)
+            if skipped and skipped != self._skipped_logged:
+                logging.warning(
+                    "%d training steps so far had a non-finite loss or "
+                    "gradient and were skipped (latest by step %d).",
+                    skipped,
+                    step,
+                )
+                self._skipped_logged = skipped
             if step % max(rt.log_every_steps, 1) == 0 or step == total:
                 history.append(self._log(step, progress))
             if step % rt.checkpoint_every_steps == 0:
