@@ -43,27 +43,31 @@ def _record(store: store_lib.ArtifactStore, name: str):
     )
 
 
+def _kill_while_recording(test, root: str, rounds: int) -> None:
+    """SIGKILLs a process recording executions into `root`, `rounds` times;
+    after each kill the ledger reads back whole and has grown."""
+    seen = 0
+    for _ in range(rounds):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _RECORDER, root],
+            env=child_env.python_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        test.assertEqual(child.stdout.readline().strip(), "RECORDING")
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        ids = [e.id for e in store_lib.ArtifactStore(root).executions()]
+        # Every recorded id is there, none twice, none skipped.
+        test.assertEqual(ids, list(range(1, len(ids) + 1)))
+        test.assertGreater(len(ids), seen)
+        seen = len(ids)
+
+
 class LedgerTest(tf.test.TestCase):
     def test_sigkill_while_recording_leaves_a_readable_ledger(self):
-        root = self.create_tempdir().full_path
-        seen = 0
-        for _ in range(3):
-            child = subprocess.Popen(
-                [sys.executable, "-c", _RECORDER, root],
-                env=child_env.python_env(),
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            self.assertEqual(child.stdout.readline().strip(), "RECORDING")
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            child.stdout.close()
-            executions = store_lib.ArtifactStore(root).executions()
-            ids = [e.id for e in executions]
-            # Every recorded id is there, none twice, none skipped.
-            self.assertEqual(ids, list(range(1, len(ids) + 1)))
-            self.assertGreater(len(ids), seen)
-            seen = len(ids)
+        _kill_while_recording(self, self.create_tempdir().full_path, 3)
 
     def test_truncated_ledger_falls_back_to_previous_copy(self):
         root = self.create_tempdir().full_path
@@ -120,24 +124,8 @@ class LedgerOnObjectStoreTest(emulator.EmulatorMixin, tf.test.TestCase):
         self.assertIsNone(store.find_complete("Trainer.pretrain"))
 
     def test_sigkill_while_recording_on_gs_leaves_a_readable_ledger(self):
-        root = self.gcs.uri("killed", "root")
-        seen = 0
-        for _ in range(2):
-            # The child reaches the emulator through STORAGE_EMULATOR_HOST.
-            child = subprocess.Popen(
-                [sys.executable, "-c", _RECORDER, root],
-                env=child_env.python_env(),
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            self.assertEqual(child.stdout.readline().strip(), "RECORDING")
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            child.stdout.close()
-            ids = [e.id for e in store_lib.ArtifactStore(root).executions()]
-            self.assertEqual(ids, list(range(1, len(ids) + 1)))
-            self.assertGreater(len(ids), seen)
-            seen = len(ids)
+        # The child reaches the emulator through STORAGE_EMULATOR_HOST.
+        _kill_while_recording(self, self.gcs.uri("killed", "root"), 2)
 
     def test_truncated_ledger_on_gs_falls_back_to_previous_copy(self):
         root = self.gcs.uri("truncated", "root")
