@@ -109,8 +109,11 @@ class _LockCases:
         }
 
     def _race(self, root: str, starters: int = 2) -> list[tuple[int, str]]:
-        start_at = time.time() + 1.0
-        children = [_Child(root, start_at) for _ in range(starters)]
+        # The suite runs beside other tests: start-up times vary by a second
+        # or more, so the starters meet 2 s from now and the winner holds
+        # the lock long enough for a late starter to find it held.
+        start_at = time.time() + 2.0
+        children = [_Child(root, start_at, hold=2.5) for _ in range(starters)]
         return [c.finish() for c in children]
 
     def test_racing_starters_one_proceeds_each_round(self):
@@ -165,7 +168,8 @@ class _LockCases:
 
     def test_killed_holder_on_another_host_frees_after_its_lease(self):
         root = self.new_root()
-        lease = 8.0  # Long enough for a starter to try within it.
+        # Long enough for a starter to try within it, even on a busy host.
+        lease = 12.0
         holder = _Child(
             root, hold=-1, lease=lease, beat=0.5, hostname="preempted-vm"
         )
