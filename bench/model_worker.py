@@ -216,16 +216,17 @@ class Worker:
         child.close()  # The parent's copy; EOF then means the worker died.
         self.pid = None
 
+    def _died(self) -> WorkerError:
+        self.process.join(10)
+        code = self.process.exitcode
+        hint = " (SIGKILL: out of memory?)" if code == -9 else ""
+        return WorkerError(f"Worker {self.name} exited with code {code}{hint}.")
+
     def _receive(self) -> dict:
         try:
             reply = self.conn.recv()
-        except EOFError:
-            self.process.join(10)
-            code = self.process.exitcode
-            hint = " (SIGKILL: out of memory?)" if code == -9 else ""
-            raise WorkerError(
-                f"Worker {self.name} exited with code {code}{hint}."
-            ) from None
+        except (EOFError, OSError):  # OSError: the connection was reset.
+            raise self._died() from None
         if "error" in reply:
             raise WorkerError(f"Worker {self.name} failed:\n{reply['error']}")
         return reply
@@ -236,7 +237,10 @@ class Worker:
 
     def call(self, *message) -> dict:
         """Sends a command and returns the worker's reply."""
-        self.conn.send(message)
+        try:
+            self.conn.send(message)
+        except OSError:  # The worker is gone.
+            raise self._died() from None
         return self._receive()
 
     def stop(self) -> None:

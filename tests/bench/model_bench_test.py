@@ -9,7 +9,9 @@ on given figures and the peak-memory readings of `bench.model_worker`.
 
 import itertools
 import json
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -258,6 +260,45 @@ class GoalsTest(tf.test.TestCase):
         )["float32_train_step_peak_rss_gib"]
         self.assertIsNone(tiny["met"])
         self.assertIn("not applicable", tiny["status"])
+
+
+class WorkerTest(tf.test.TestCase):
+    JOB = {
+        "variant": "coatnet-tiny",
+        "image_size": 32,
+        "batch": 1,
+        "setting": "fused",
+        "policy": "float32",
+        "kind": "forward",
+        "warmup": 1,
+        "gelu_approximate": False,
+        "intra_op_threads": 1,
+        "inter_op_threads": 1,
+    }
+
+    def start(self, **job):
+        worker = model_worker.Worker(
+            multiprocessing.get_context("spawn"), "test", dict(self.JOB, **job)
+        )
+        self.addCleanup(worker.stop)
+        return worker
+
+    def test_killed_worker_is_reported_with_its_exit_code(self):
+        worker = self.start()
+        worker.ready()
+        reply = worker.call("time", 1)
+        self.assertGreater(reply["seconds_per_step"], 0)
+        self.assertGreater(reply["peak_rss_bytes"], 0)
+        os.kill(worker.pid, signal.SIGKILL)
+        with self.assertRaisesRegex(
+            model_worker.WorkerError, "test exited with code -9"
+        ):
+            worker.call("time", 1)
+
+    def test_failure_in_the_worker_is_raised_with_its_traceback(self):
+        worker = self.start(variant="coatnet-99")
+        with self.assertRaisesRegex(model_worker.WorkerError, "coatnet-99"):
+            worker.ready()
 
 
 class PeakRssTest(tf.test.TestCase):
