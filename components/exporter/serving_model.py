@@ -25,18 +25,17 @@ The limits are set at export and recorded in the exported Model's
 properties.
 
 Every signature preprocesses with `components.preprocessing` (decode,
-center crop, resize, normalize), the function the Evaluator used.
+center crop, resize, normalize), the function the Evaluator used. The class
+names are the asset `assets/labels.txt`, read into a lookup table at load.
+Only the model's variables are saved, not the Keras object, so loading
+needs neither Keras nor coatnet_tf.
 
 The model inside computes in the export's serving precision
 (`SERVING_PRECISIONS`): "float32", or "bfloat16", the model built under
 tf_keras's `mixed_bfloat16` policy (bfloat16 matmuls, convolutions and
-activations; float32 variables, BatchNorm statistics, softmax and
-classifier). The variables are the trained float32 weights, unchanged,
-and the signature contract above is the same in both: the bfloat16 logits
-are cast to float32 before the softmax. The class
-names are the asset `assets/labels.txt`, read into a lookup table at load.
-Only the model's variables are saved, not the Keras object, so loading
-needs neither Keras nor coatnet_tf.
+activations; float32 variables, classifier and softmax). The variables
+are the trained float32 weights, unchanged, and the signature contract
+above is the same for both.
 """
 
 from __future__ import annotations
