@@ -111,22 +111,31 @@ def label_mapping(
 
 
 def _batches(
-    examples: base.Artifact, split: str, max_examples: int, batch_size: int
+    examples: base.Artifact,
+    split: str,
+    image_size: int,
+    max_examples: int,
+    batch_size: int,
 ) -> tf.data.Dataset:
-    """(encoded images [B], labels [B, L] padded with -1) of the split."""
+    """(encoded [B], preprocessed [B, S, S, 3], labels [B, L] padded -1)."""
     files = examples_lib.split_files(examples, split)
     records = examples_lib.records(
         files, examples_lib.compression_of(examples)
     ).take(max_examples)
 
-    def image_and_labels(serialized):
+    def prepare(serialized):
         parsed = examples_lib.parse(serialized)
-        return parsed["image"], parsed["labels"]
+        image = preprocessing.preprocess_for_eval(parsed["image"], image_size)
+        return parsed["image"], image, parsed["labels"]
 
-    return records.map(image_and_labels).padded_batch(
+    return records.map(prepare).padded_batch(
         batch_size,
-        padded_shapes=([], [None]),
-        padding_values=(tf.constant(b""), tf.constant(-1, tf.int64)),
+        padded_shapes=([], [image_size, image_size, 3], [None]),
+        padding_values=(
+            tf.constant(b""),
+            tf.constant(0.0),
+            tf.constant(-1, tf.int64),
+        ),
     )
 
 
@@ -165,18 +174,14 @@ def top1_check(
     serve = tf.saved_model.load(export_dir).signatures[
         serving_model.PREDICT_SIGNATURE
     ]
+    predict = tf.function(lambda images: model(images, training=False))
     correct_float32 = correct_export = scored = 0
-    for encoded, labels in _batches(examples, split, max_examples, batch_size):
+    batches = _batches(examples, split, image_size, max_examples, batch_size)
+    for encoded, images, labels in batches:
         labels = labels.numpy()
         if mapping is not None:
             labels = np.where(labels >= 0, mapping[np.maximum(labels, 0)], -1)
-        images = tf.stack(
-            [
-                preprocessing.preprocess_for_eval(image, image_size)
-                for image in encoded
-            ]
-        )
-        logits = model(images, training=False).numpy()
+        logits = predict(images).numpy()
         probabilities = serve(**{serving_model.IMAGE_BYTES_KEY: encoded})[
             "probabilities"
         ].numpy()

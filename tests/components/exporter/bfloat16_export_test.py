@@ -35,8 +35,8 @@ def _float32_probabilities(model, images) -> np.ndarray:
     return tf.nn.softmax(model(batch, training=False)).numpy()
 
 
-def _write_examples(uri: str, model) -> tuple[base.Artifact, list, list]:
-    """A validation split of images the float32 model ranks clearly."""
+def _clear_images(model) -> tuple[list, list]:
+    """Images the float32 model ranks clearly, and their class ids."""
     images, labels = [], []
     index = 0
     while len(images) < NUM_EXAMPLES:
@@ -49,14 +49,23 @@ def _write_examples(uri: str, model) -> tuple[base.Artifact, list, list]:
             labels.append(label)
         if index > 2000:
             raise AssertionError("Too few clearly ranked images.")
+    return images, labels
+
+
+def _write_examples(
+    uri: str, images, labels, names=LABELS
+) -> tuple[base.Artifact, list, list]:
+    """A validation split; `labels` index the model's LABELS, and are
+    written as ids into `names` (the data's own label order)."""
+    data_ids = [names.index(LABELS[y]) for y in labels]
     examples_lib.write_split(
         uri,
         "validation",
-        (testutil.example(i, [y]) for i, y in zip(images, labels)),
+        (testutil.example(i, [y]) for i, y in zip(images, data_ids)),
         2,
         examples_lib.GZIP,
     )
-    examples_lib.write_labels(uri, LABELS)
+    examples_lib.write_labels(uri, names)
     artifact = base.Artifact(
         base.EXAMPLES,
         uri,
@@ -97,8 +106,9 @@ class BFloat16ExportTest(tf.test.TestCase):
         cls.model_artifact, cls.model = testutil.write_model_artifact(
             f"{root}/trained", LABELS, seed=4
         )
+        images, labels = _clear_images(cls.model)
         cls.examples, cls.images, cls.labels = _write_examples(
-            f"{root}/examples", cls.model
+            f"{root}/examples", images, labels
         )
         cls.config = exporter.ExporterConfig(
             top_k=3, warmup_batch_sizes=(1, 4), serving_precision="bfloat16"
@@ -166,6 +176,40 @@ class BFloat16ExportTest(tf.test.TestCase):
         self.assertEqual(
             self.outputs["model"].properties["serving_precision"], "bfloat16"
         )
+
+    def test_top1_maps_the_datas_labels_by_name(self):
+        # The same images with the class names listed in reverse order:
+        # the ids differ, the classes and so the figures do not.
+        reversed_names = LABELS[::-1]
+        examples, _, _ = _write_examples(
+            f"{self.root}/reversed", self.images, self.labels, reversed_names
+        )
+        check = precision_check.top1_check(
+            self.export_dir,
+            self.model,
+            testutil.IMAGE_SIZE,
+            LABELS,
+            examples,
+            "validation",
+            max_examples=100,
+            max_drop=0.005,
+            batch_size=4,
+        )
+        props = self.outputs["infra_blessing"].properties
+        self.assertEqual(check.num_examples, NUM_EXAMPLES)
+        self.assertAllClose(check.top1_float32, props["top1_float32"])
+        self.assertAllClose(check.top1_export, props["top1_export"])
+        capped = precision_check.top1_check(
+            self.export_dir,
+            self.model,
+            testutil.IMAGE_SIZE,
+            LABELS,
+            examples,
+            "validation",
+            max_examples=5,
+            max_drop=0.005,
+        )
+        self.assertEqual(capped.num_examples, 5)
 
     def test_signature_contract_is_the_float32_exports(self):
         def signatures(export_dir):
