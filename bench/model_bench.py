@@ -1,4 +1,4 @@
-r"""CoAtNet model benchmark on CPU: throughput and fraction of matmul peak.
+r"""CoAtNet model benchmark on CPU: throughput, fraction of matmul peak, memory.
 
 Prints one JSON object:
 
@@ -12,22 +12,33 @@ Prints one JSON object:
   `mixed_bfloat16`): `forward` and `train_step` images/s (train step =
   forward, backward and the trainer's AdamW update,
   `components.trainer.optimization.FusedAdamW`), the GFLOP/s they reach
-  and their fraction of the float32 (and bfloat16) peak; mixed_bfloat16
-  also reports its speedup over float32, and `fused` its speedup over
-  `reference` (`speedup_vs_reference`). Both settings are charged the
-  same FLOPs, those of the reference graph;
-- `goals` per kernel setting.
+  and their fraction of the float32 (and bfloat16) peak, and the peak
+  resident memory of the process that ran them (`peak_rss_bytes`,
+  `peak_rss_gib`); mixed_bfloat16 also reports its speedup over float32,
+  and `fused` its speedup over `reference` (`speedup_vs_reference`). Both
+  settings are charged the same FLOPs, those of the reference graph;
+- `memory`: how the peaks were taken, and the sum of the workers' peaks
+  (what the run needed at once);
+- `goals` per kernel setting (see `goals`).
+
+Each measured function (setting, policy, forward or training step) lives
+in its own worker process (`bench.model_worker`), so that its peak
+resident memory is its own: TensorFlow's BFC allocator keeps what it
+pooled, and in one process a figure would mix models. The workers are
+started and warmed up first, and all stay alive, so the run needs the sum
+of their memory (about 4 training steps' and 4 forwards' for the
+defaults; `--kernels`, `--policies` and `--kinds` measure fewer).
 
 The machine is shared, so peaks and models are measured in the same run,
-interleaved in rounds (every setting and policy once per round): each
-model measurement is bracketed by two peak measurements, and its fraction
-of peak uses their mean, the machine's rate around it rather than seconds
-before it. Every figure gives its best round
-(least disturbed) and its median; `rounds` lists each round's images/s and
-peak.
+interleaved in rounds (every function once per round): the parent process
+measures the matmul peak before and after each model measurement, while
+the workers idle, and the measurement's fraction of peak uses their mean,
+the machine's rate around it rather than seconds before it. Every figure
+gives its best round (least disturbed) and its median; `rounds` lists
+each round's images/s, peak and peak resident memory.
 
 CPU runtime settings must be made before TensorFlow loads, so TensorFlow is
-imported in `main` after flag parsing:
+imported in `main` after flag parsing, and the workers inherit them:
 - `--onednn` sets TF_ENABLE_ONEDNN_OPTS=1 (TensorFlow turns oneDNN on by
   default only on CPUs with AVX512-VNNI/BF16 or AMX);
 - `--bfc_allocator` sets TF_CPU_ALLOCATOR_USE_BFC=true, a pooling allocator
@@ -43,14 +54,14 @@ imported in `main` after flag parsing:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import platform
 import statistics
-import time
 
 from absl import app, flags
 
-from bench import op_profile
+from bench import model_worker
+from bench.cpu import bf16_support, cpu_info
 
 flags.DEFINE_string("variant", "coatnet-0", "coatnet_tf variant.")
 flags.DEFINE_integer("image_size", 224, "Input resolution.")
@@ -66,6 +77,11 @@ flags.DEFINE_list(
     ["fused", "reference"],
     "Kernel settings (`CoAtNetConfig.kernels`), measured interleaved.",
 )
+flags.DEFINE_list(
+    "kinds",
+    ["forward", "train_step"],
+    "What to measure: forward (inference) and/or train_step.",
+)
 flags.DEFINE_integer("peak_size", 4096, "Side of the peak-matmul matrices.")
 flags.DEFINE_boolean("onednn", True, "Set TF_ENABLE_ONEDNN_OPTS=1.")
 flags.DEFINE_boolean("bfc_allocator", True, "Use TF's BFC CPU allocator.")
@@ -80,108 +96,147 @@ flags.DEFINE_string(
 )
 FLAGS = flags.FLAGS
 
-
-def cpu_info() -> dict:
-    """CPU model and the instruction-set flags that decide bf16 speed."""
-    info = {"machine": platform.machine(), "cores": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            info["model"] = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags_set = set(line.split(":", 1)[1].split())
-            info["isa"] = sorted(
-                f
-                for f in flags_set
-                if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")
-            )
-            break
-    return info
-
-
-def timed(fn, steps: int) -> float:
-    """Seconds per call of `fn` (which returns a tensor), over `steps`."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = fn()
-    out.numpy()  # Waits for the last step.
-    return (time.perf_counter() - start) / steps
+KINDS = ("forward", "train_step")
+# The float32 targets, fractions of the measured fp32 matmul peak.
+FP32_TARGETS = {"train_step": 0.65, "forward": 0.75}
+# mixed_bfloat16 speedup over float32 by the CPU's bf16 instructions: AMX
+# (bf16 matmul peak about 4x fp32) and AVX512_BF16 without AMX (about 2x).
+BF16_TARGETS = {
+    "amx": {"forward": 2.5, "train_step": 2.0},
+    "avx512_bf16": {"forward": 1.5, "train_step": 1.5},
+}
+NOT_MEASURABLE = "not measurable on this CPU"
+# The memory target and the measurement it is set for.
+RSS_TARGET_GIB = 4.5
+RSS_PREMISE = {"variant": "coatnet-0", "image_size": 224, "batch": 16}
 
 
 def summary(values: list[float]) -> dict:
     return {"best": max(values), "median": statistics.median(values)}
 
 
-def goals(entries: dict, peaks: dict) -> dict:
+def memory_summary(peaks: list[int]) -> tuple[dict, dict]:
+    """Peak resident memory over rounds, in bytes and GiB (max, median)."""
+    in_bytes = {"max": max(peaks), "median": statistics.median(peaks)}
+    return in_bytes, {k: v / model_worker.GIB for k, v in in_bytes.items()}
+
+
+def goals(entries: dict, peaks: dict, isa, measured: dict) -> dict:
     """The targets, judged on medians (best rounds are in the entries).
 
-    float32: at least 65% of the measured fp32 matmul peak for the training
-    step and 70% for inference. mixed_bfloat16: at least 1.5x float32, a
-    target that presumes a CPU whose bf16 matmul rate is 2x its fp32 rate
-    (AVX512_BF16 or AMX). The bf16 check therefore also states that
-    premise as measured in this run, and a target scaled to the measured
-    rates: 0.75 x (bf16 peak / fp32 peak), which is 1.5 where the premise
-    holds. On a CPU without bf16 instructions bf16 matmuls are emulated
-    and slower than fp32, and no model can meet the fixed target there.
+    - float32: at least 65% of the measured fp32 matmul peak for the
+      training step and 75% for inference (`FP32_TARGETS`).
+    - mixed_bfloat16 speedup over float32, by the CPU's bf16 instructions
+      (`bf16_support` of cpu_info's `isa`): with AMX at least 2.5x in
+      inference and 2.0x in training, with AVX512_BF16 but no AMX 1.5x
+      for both. Without either, bf16 matmuls are emulated (slower than
+      fp32), and the check says NOT_MEASURABLE instead of met or not.
+      Each bf16 check also gives the measured bf16/fp32 peak ratio.
+    - float32 training step peak resident memory at most 4.5 GiB (the
+      worst round), set for coatnet-0 at 224, batch 16: always reported,
+      judged only when the run measured that (`applies`).
+
+    Each check has "status": "met", "not met", NOT_MEASURABLE or "not
+    applicable: ..."; "met" is a bool, or None when not judged.
 
     Args:
       entries: one kernel setting's {policy: entry}.
       peaks: the run's `peak_gflops`.
+      isa: cpu_info's `isa` list.
+      measured: {"variant", "image_size", "batch"} of the run.
 
     Returns:
-      {check name: {"target", "median", "met", ...}}.
+      {check name: {"target", "median" or "max", "met", "status", ...}}.
     """
+
+    def judged(met: bool) -> dict:
+        return {"met": met, "status": "met" if met else "not met"}
+
     checks = {}
-    fp32 = entries.get("float32")
-    if fp32:
-        for kind, target in (("train_step", 0.65), ("forward", 0.70)):
+    fp32 = entries.get("float32", {})
+    for kind, target in FP32_TARGETS.items():
+        if kind in fp32:
             value = fp32[kind]["fraction_of_fp32_peak"]["median"]
             checks[f"float32_{kind}_fraction_of_peak"] = {
                 "target": target,
                 "median": value,
-                "met": value >= target,
+                **judged(value >= target),
             }
+    support = bf16_support(isa)
     ratio = peaks["bfloat16"]["median"] / peaks["float32"]["median"]
     mixed = entries.get("mixed_bfloat16", {})
-    for kind in ("forward", "train_step"):
+    for kind in KINDS:
         speedup = mixed.get(kind, {}).get("speedup_vs_float32")
-        if speedup:
-            scaled = 0.75 * ratio
-            checks[f"mixed_bfloat16_{kind}_speedup"] = {
-                "target": 1.5,
-                "median": speedup["median"],
-                "met": speedup["median"] >= 1.5,
-                "premise_bf16_peak_over_fp32_peak": ratio,
-                "premise_holds": ratio >= 1.9,
-                "scaled_target": scaled,
-                "met_scaled": speedup["median"] >= scaled,
-            }
+        if not speedup:
+            continue
+        check = {
+            "bf16_isa": support,
+            "measured_bf16_peak_over_fp32_peak": ratio,
+            "median": speedup["median"],
+        }
+        if support in BF16_TARGETS:
+            target = BF16_TARGETS[support][kind]
+            check.update(target=target, **judged(speedup["median"] >= target))
+        else:
+            check.update(
+                target=None,
+                met=None,
+                status=f"{NOT_MEASURABLE}: no AVX512_BF16 or AMX, bfloat16 "
+                "is emulated",
+            )
+        checks[f"mixed_bfloat16_{kind}_speedup"] = check
+    if "train_step" in fp32:
+        peak_gib = fp32["train_step"]["peak_rss_gib"]["max"]
+        check = {
+            "target": RSS_TARGET_GIB,
+            "max": peak_gib,
+            "median": fp32["train_step"]["peak_rss_gib"]["median"],
+            "premise": RSS_PREMISE,
+            "applies": measured == RSS_PREMISE,
+        }
+        if check["applies"]:
+            check.update(judged(peak_gib <= RSS_TARGET_GIB))
+        else:
+            check.update(
+                met=None,
+                status=f"not applicable: measured {measured['variant']} at "
+                f"{measured['image_size']}, batch {measured['batch']}",
+            )
+        checks["float32_train_step_peak_rss_gib"] = check
     return checks
 
 
-def make_steps(tf, model, optimizer, images, labels):
-    """tf.functions (no XLA) for inference and one AdamW training step."""
+def start_workers(runs: list[tuple[str, str]], kinds) -> dict:
+    """One warmed-up worker per (setting, policy, kind)."""
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    try:
+        for setting, policy in runs:
+            for kind in kinds:
+                job = {
+                    "variant": FLAGS.variant,
+                    "image_size": FLAGS.image_size,
+                    "batch": FLAGS.batch,
+                    "setting": setting,
+                    "policy": policy,
+                    "kind": kind,
+                    "warmup": FLAGS.warmup,
+                    "gelu_approximate": FLAGS.gelu_approximate,
+                    "intra_op_threads": FLAGS.intra_op_threads,
+                    "inter_op_threads": FLAGS.inter_op_threads,
+                }
+                workers[(setting, policy, kind)] = model_worker.Worker(
+                    context, f"{setting}/{policy}/{kind}", job
+                )
+    except BaseException:
+        stop_workers(workers)
+        raise
+    return workers
 
-    @tf.function
-    def forward():
-        return model(images, training=False)
 
-    @tf.function
-    def train_step():
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)  # float32 logits.
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-            )
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    return forward, train_step
+def stop_workers(workers: dict) -> None:
+    for worker in workers.values():
+        worker.stop()
 
 
 def main(argv):
@@ -191,26 +246,9 @@ def main(argv):
     if FLAGS.bfc_allocator:
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Imported here, after the runtime settings above.
-    import tensorflow as tf
-    import tf_keras
-
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    # Imported after the runtime settings above (the workers inherit them).
     import coatnet_tf
-    from components.trainer import optimization
-
-    size, batch = FLAGS.image_size, FLAGS.batch
-    threading = tf.config.threading
-    threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
-    threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
-
-    # Peak: one large matmul per dtype.
-    peaks = {}
-    for dtype in (tf.float32, tf.bfloat16):
-        n = FLAGS.peak_size
-        a = tf.cast(tf.random.normal([n, n], stddev=0.01), dtype)
-        matmul = tf.function(lambda a=a: tf.matmul(a, a))
-        matmul()
-        peaks[dtype.name] = (matmul, 2.0 * n**3)
 
     for setting in FLAGS.kernels:
         if setting not in coatnet_tf.KERNEL_SETTINGS:
@@ -218,31 +256,31 @@ def main(argv):
                 f"--kernels={setting!r}; expected some of "
                 f"{coatnet_tf.KERNEL_SETTINGS}."
             )
-    runs = {}  # (kernel setting, policy) -> (forward, train_step).
-    for setting in FLAGS.kernels:
-        for policy in FLAGS.policies:
-            tf_keras.mixed_precision.set_global_policy(policy)
-            model = coatnet_tf.create_model(
-                FLAGS.variant,
-                num_classes=1000,
-                image_size=size,
-                gelu_approximate=FLAGS.gelu_approximate,
-                kernels=setting,
-            )
-            images = tf.random.normal([batch, size, size, 3])
-            labels = tf.random.uniform([batch], 0, 1000, tf.int32)
-            model(images[:1], training=False)
-            optimizer = optimization.FusedAdamW(
-                learning_rate=1e-4, weight_decay=0.05, jit_compile=False
-            )
-            forward, train_step = make_steps(
-                tf, model, optimizer, images, labels
-            )
-            for _ in range(FLAGS.warmup):
-                forward().numpy()
-                train_step().numpy()
-            runs[(setting, policy)] = (forward, train_step)
-    tf_keras.mixed_precision.set_global_policy("float32")
+    for kind in FLAGS.kinds:
+        if kind not in KINDS:
+            raise app.UsageError(f"--kinds={kind!r}; expected some of {KINDS}.")
+    kinds = [k for k in KINDS if k in FLAGS.kinds]
+    runs = [(s, p) for s in FLAGS.kernels for p in FLAGS.policies]
+    # The workers build and warm up while this process counts FLOPs.
+    workers = start_workers(runs, kinds)
+    try:
+        result = measure(workers, runs, kinds)
+    finally:
+        stop_workers(workers)
+    print(json.dumps(result, indent=2))
+
+
+def measure(workers: dict, runs: list, kinds: list) -> dict:
+    """Runs the interleaved rounds; returns the report."""
+    # Imported here, after the runtime settings of `main`.
+    import tensorflow as tf
+
+    import coatnet_tf
+
+    size, batch = FLAGS.image_size, FLAGS.batch
+    threading = tf.config.threading
+    threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
 
     # Both settings are charged the reference graph's FLOPs, so their
     # fractions of peak compare as their images/s do.
@@ -251,37 +289,57 @@ def main(argv):
     )
     forward_flops = coatnet_tf.forward_flops(flops_model, batch_size=1)
     flops = {"forward": forward_flops, "train_step": 3 * forward_flops}
+    del flops_model
+
+    # Peak: one large matmul per dtype, in this process.
+    peaks = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        n = FLAGS.peak_size
+        a = tf.cast(tf.random.normal([n, n], stddev=0.01), dtype)
+        matmul = tf.function(lambda a=a: tf.matmul(a, a))
+        matmul()
+        peaks[dtype.name] = (matmul, 2.0 * n**3)
 
     def measure_peak() -> dict[str, float]:
         return {
-            name: n_flops / timed(matmul, 2) / 1e9
+            name: n_flops / model_worker.timed(matmul, 2) / 1e9
             for name, (matmul, n_flops) in peaks.items()
         }
+
+    for worker in workers.values():
+        worker.ready()
 
     # Each model measurement is bracketed by peak measurements, so that the
     # fraction compares rates taken under the same machine load (on a
     # shared host the peak drifts within the ~15 s of a training
-    # measurement; `rounds` records both sides).
-    kinds = ("forward", "train_step")
-    rounds = {(run, kind): [] for run in runs for kind in kinds}
+    # measurement; `rounds` records both sides). The workers idle while
+    # the peak runs, and this process idles while a worker runs.
+    rounds = {key: [] for key in workers}
+    methods = set()
     for _ in range(FLAGS.rounds):
-        for run, fns in runs.items():
-            for kind, fn in zip(kinds, fns):
-                before = measure_peak()
-                images_per_s = batch / timed(fn, FLAGS.steps)
-                after = measure_peak()
-                rounds[(run, kind)].append(
-                    {
-                        "images_per_s": images_per_s,
-                        "peak_gflops": {
-                            k: (before[k] + after[k]) / 2 for k in before
-                        },
-                        "peak_before": before,
-                        "peak_after": after,
-                    }
-                )
+        for key, worker in workers.items():
+            before = measure_peak()
+            reply = worker.call("time", FLAGS.steps)
+            after = measure_peak()
+            methods.add(reply["peak_rss_method"])
+            rounds[key].append(
+                {
+                    "images_per_s": batch / reply["seconds_per_step"],
+                    "peak_gflops": {
+                        k: (before[k] + after[k]) / 2 for k in before
+                    },
+                    "peak_before": before,
+                    "peak_after": after,
+                    "peak_rss_bytes": reply["peak_rss_bytes"],
+                    "peak_rss_gib": reply["peak_rss_bytes"] / model_worker.GIB,
+                }
+            )
 
     all_peaks = [r["peak_gflops"] for rs in rounds.values() for r in rs]
+    worker_peaks = [
+        max(r["peak_rss_bytes"] for r in rs) for rs in rounds.values()
+    ]
+    cpu = cpu_info()
     result = {
         "variant": FLAGS.variant,
         "image_size": size,
@@ -298,23 +356,34 @@ def main(argv):
             "intra_op_threads": threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": threading.get_inter_op_parallelism_threads(),
         },
-        "cpu": cpu_info(),
+        "cpu": cpu,
         "peak_gflops": {
             name: summary([p[name] for p in all_peaks]) for name in peaks
         },
         "flops_per_image": flops,
+        "memory": {
+            # One method for the whole run unless workers differed.
+            "peak_rss_method": "+".join(sorted(methods)),
+            "process_per_measurement": True,
+            "workers": len(workers),
+            "sum_of_worker_peak_rss_gib": sum(worker_peaks) / model_worker.GIB,
+        },
     }
 
-    def images_per_s(run, kind):
-        return summary([r["images_per_s"] for r in rounds[(run, kind)]])
+    def images_per_s(key):
+        return summary([r["images_per_s"] for r in rounds[key]])
 
-    for (setting, policy), fns in runs.items():
+    for setting, policy in runs:
         entry = {}
         for kind in kinds:
-            measured = rounds[((setting, policy), kind)]
+            key = (setting, policy, kind)
+            measured = rounds[key]
             ips = [r["images_per_s"] for r in measured]
             peak = [r["peak_gflops"] for r in measured]
             gflops = [i * flops[kind] / 1e9 for i in ips]
+            rss_bytes, rss_gib = memory_summary(
+                [r["peak_rss_bytes"] for r in measured]
+            )
             entry[kind] = {
                 "rounds": measured,
                 "images_per_s": summary(ips),
@@ -322,36 +391,42 @@ def main(argv):
                 "fraction_of_fp32_peak": summary(
                     [g / p["float32"] for g, p in zip(gflops, peak)]
                 ),
+                "peak_rss_bytes": rss_bytes,
+                "peak_rss_gib": rss_gib,
+                "worker_pid": workers[key].pid,
             }
             ours = entry[kind]["images_per_s"]
             if policy != "float32":
                 entry[kind]["fraction_of_bf16_peak"] = summary(
                     [g / p["bfloat16"] for g, p in zip(gflops, peak)]
                 )
-                if (setting, "float32") in runs:
-                    base = images_per_s((setting, "float32"), kind)
+                if (setting, "float32", kind) in rounds:
+                    base = images_per_s((setting, "float32", kind))
                     entry[kind]["speedup_vs_float32"] = {
                         k: ours[k] / base[k] for k in base
                     }
-            if setting != "reference" and ("reference", policy) in runs:
-                base = images_per_s(("reference", policy), kind)
+            if setting != "reference" and ("reference", policy, kind) in rounds:
+                base = images_per_s(("reference", policy, kind))
                 entry[kind]["speedup_vs_reference"] = {
                     k: ours[k] / base[k] for k in base
                 }
             if FLAGS.profile_dir:
-                entry[kind]["op_profile"] = op_profile.op_time_table(
-                    fns[kinds.index(kind)],
+                entry[kind]["op_profile"] = workers[key].call(
+                    "profile",
                     2,
                     os.path.join(
                         FLAGS.profile_dir, f"{setting}_{policy}_{kind}"
                     ),
-                )
+                )["op_profile"]
         result.setdefault(setting, {})[policy] = entry
+    measured = {"variant": FLAGS.variant, "image_size": size, "batch": batch}
     result["goals"] = {
-        setting: goals(result[setting], result["peak_gflops"])
+        setting: goals(
+            result[setting], result["peak_gflops"], cpu.get("isa"), measured
+        )
         for setting in FLAGS.kernels
     }
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -16,6 +16,15 @@ Outputs:
     property `blessed` 1/0 and a `reason`, after infra-validation in a
     fresh serving process (`infra_validation`).
 
+`serving_precision` chooses what the exported graph computes in: float32,
+or bfloat16 (`serving_model.load_serving_model`) for CPUs and
+accelerators with native bfloat16, with the same signatures and float32
+outputs. A bfloat16 export is infra-validated against the float32 model
+with `infra_atol_bfloat16`, and, when `examples` are given, its top-1 on
+the evaluation split must be within `max_top1_drop` of the float32
+model's (`precision_check`); both figures are recorded in the
+infra_blessing's properties.
+
 A model the Evaluator did not bless is not exported (with
 `require_blessing`, the default): the outputs say so and nothing is
 served.
@@ -36,7 +45,12 @@ from artifacts import examples as examples_lib
 from artifacts import model as model_io
 from artifacts import model_store
 from components import base
-from components.exporter import image_limits, infra_validation, serving_model
+from components.exporter import (
+    image_limits,
+    infra_validation,
+    precision_check,
+    serving_model,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +70,17 @@ class ExporterConfig:
       max_image_pixels: the exported signatures refuse an image whose
         header declares more pixels (height * width), before decoding.
       max_batch_size: they refuse a request of more inputs than this.
+      serving_precision: what the exported model computes in, one of
+        `serving_model.SERVING_PRECISIONS` ("float32", "bfloat16").
+      infra_atol_bfloat16: the score tolerance of a bfloat16 export
+        against the float32 model (bfloat16 keeps 8 significant bits, so
+        probabilities move by up to a few 1e-2 after a deep network).
+      precision_split: the `examples` split a bfloat16 export's top-1 is
+        checked on (the first split when it has no such split).
+      precision_check_examples: images of that split scored, at most.
+      max_top1_drop: a bfloat16 export whose top-1 is lower than the
+        float32 model's by more than this (0.005: half a point) is not
+        infra-blessed.
     """
 
     model_name: str = "coatnet"
@@ -68,8 +93,29 @@ class ExporterConfig:
     infra_atol: float = infra_validation.DEFAULT_ATOL
     max_image_pixels: int = image_limits.DEFAULT_MAX_IMAGE_PIXELS
     max_batch_size: int = image_limits.DEFAULT_MAX_BATCH_SIZE
+    serving_precision: str = "float32"
+    infra_atol_bfloat16: float = infra_validation.DEFAULT_BFLOAT16_ATOL
+    precision_split: str = "validation"
+    precision_check_examples: int = 512
+    max_top1_drop: float = 0.005
 
     def __post_init__(self):
+        if self.serving_precision not in serving_model.SERVING_PRECISIONS:
+            raise ValueError(
+                f"serving_precision={self.serving_precision!r}; expected one "
+                f"of {list(serving_model.SERVING_PRECISIONS)} (bfloat16 pays "
+                "only on hardware with native bfloat16 math)."
+            )
+        if self.precision_check_examples < 1:
+            raise ValueError(
+                "precision_check_examples must be at least 1, got "
+                f"{self.precision_check_examples}."
+            )
+        if not self.infra_atol > 0 or not self.infra_atol_bfloat16 > 0:
+            raise ValueError(
+                "infra_atol and infra_atol_bfloat16 must be positive, got "
+                f"{self.infra_atol} and {self.infra_atol_bfloat16}."
+            )
         if not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
             raise ValueError("warmup_batch_sizes must be positive sizes.")
         if self.top_k < 1:
@@ -137,6 +183,7 @@ class Exporter(base.Component):
         exported.properties.update(
             {
                 "exported": 1,
+                "serving_precision": config.serving_precision,
                 "serving_dir": export_dir,
                 "signatures": ",".join(serving_model.SIGNATURES),
                 "source_model": source.uri,
@@ -153,6 +200,7 @@ class Exporter(base.Component):
                 infra, False, "Infra-validation disabled."
             )
             return
+        float32 = config.serving_precision == "float32"
         result = infra_validation.validate(
             export_dir,
             model,
@@ -160,19 +208,68 @@ class Exporter(base.Component):
             labels,
             config.model_name,
             config.top_k,
-            config.infra_atol,
+            config.infra_atol if float32 else config.infra_atol_bfloat16,
             config.infra_timeout_seconds,
         )
-        infra_validation.write_infra_blessing(
-            infra, result.blessed, result.reason
-        )
+        blessed, reason = result.blessed, result.reason
         infra.properties.update(
             {
                 "num_requests": result.num_requests,
                 "max_abs_diff": result.max_abs_diff,
                 "model": exported.uri,
+                "serving_precision": config.serving_precision,
             }
         )
+        examples = inputs.get("examples")
+        if blessed and not float32:
+            if examples is None:
+                logging.warning(
+                    "No examples: the %s export's top-1 is not checked.",
+                    config.serving_precision,
+                )
+            else:
+                blessed, why = self._check_top1(
+                    export_dir, model, spec, labels, examples, config, infra
+                )
+                reason = f"{reason} {why}"
+        infra_validation.write_infra_blessing(infra, blessed, reason)
+
+    @staticmethod
+    def _check_top1(
+        export_dir: str,
+        model: tf_keras.Model,
+        spec: model_io.ModelSpec,
+        labels: list[str],
+        examples: base.Artifact,
+        config: ExporterConfig,
+        infra: base.Artifact,
+    ) -> tuple[bool, str]:
+        """The reduced-precision export's top-1 against float32's."""
+        split = precision_check.choose_split(examples, config.precision_split)
+        try:
+            check = precision_check.top1_check(
+                export_dir,
+                model,
+                spec.image_size,
+                labels,
+                examples,
+                split,
+                config.precision_check_examples,
+                config.max_top1_drop,
+                batch_size=min(32, config.max_batch_size),
+            )
+        except (ValueError, base.ArtifactError) as e:
+            return False, f"Cannot check the export's top-1: {e}"
+        infra.properties.update(
+            {
+                "top1_float32": check.top1_float32,
+                "top1_export": check.top1_export,
+                "top1_examples": check.num_examples,
+                "top1_split": check.split,
+                "max_top1_drop": check.max_drop,
+            }
+        )
+        return check.passed, check.reason(config.serving_precision)
 
 
 def export(
@@ -188,7 +285,8 @@ def export(
     Args:
       source_uri: the trained Model artifact (for labels and weights).
       output_uri: the exported Model artifact's root.
-      model: the loaded model.
+      model: the loaded float32 model. For another serving precision the
+        model is rebuilt in that precision from `source_uri`'s weights.
       spec: its spec.
       config: the exporter config.
       examples: optional Examples for warmup images.
@@ -200,6 +298,10 @@ def export(
     export_dir = model_io.serving_dir(output_uri)
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
+    if config.serving_precision != "float32":
+        model = serving_model.load_serving_model(
+            source_uri, config.serving_precision
+        )
     module = serving_model.ServingModule(
         model,
         spec,
@@ -226,9 +328,10 @@ def export(
     )
     model_store.write_warmup(export_dir, logs)
     logging.info(
-        "Exported %s to %s with %d warmup requests.",
+        "Exported %s to %s (%s) with %d warmup requests.",
         source_uri,
         export_dir,
+        config.serving_precision,
         len(logs),
     )
     return export_dir

@@ -3,7 +3,7 @@ r"""Exporter CLI: a trained Model to a validated serving SavedModel.
   bazel run //components:exporter -- \
     --model=RUN/Trainer/model/1 --blessing=RUN/Evaluator/1/blessing \
     [--examples=RUN/ExampleGen/examples/1] --model_name=coatnet \
-    --output=RUN/Exporter/1
+    [--serving_precision=bfloat16] --output=RUN/Exporter/1
 
 Writes `<output>/model` (a Model artifact with `Format-Serving/`) and
 `<output>/infra_blessing` (INFRA_BLESSED or INFRA_NOT_BLESSED).
@@ -16,6 +16,7 @@ from absl import app, flags
 
 from components import base, cli
 from components.exporter import component as exporter
+from components.exporter import serving_model
 
 _MODEL = flags.DEFINE_string("model", "", "Trained Model artifact URI.")
 _BLESSING = flags.DEFINE_string(
@@ -31,6 +32,24 @@ _BATCHES = flags.DEFINE_list(
 )
 _VALIDATE = flags.DEFINE_bool(
     "infra_validate", None, "Validate in a fresh serving process."
+)
+_PRECISION = flags.DEFINE_enum(
+    "serving_precision",
+    None,
+    list(serving_model.SERVING_PRECISIONS),
+    "What the exported model computes in; bfloat16 only pays on hardware "
+    "with native bfloat16 math (AVX512_BF16, AMX, TPU).",
+)
+_MAX_TOP1_DROP = flags.DEFINE_float(
+    "max_top1_drop",
+    None,
+    "A bfloat16 export whose top-1 on --examples is lower than the float32 "
+    "model's by more than this is not infra-blessed (default 0.005).",
+)
+_CHECK_EXAMPLES = flags.DEFINE_integer(
+    "precision_check_examples",
+    None,
+    "Images of the examples' evaluation split the top-1 check scores.",
 )
 _CONFIG = flags.DEFINE_string("config_file", "", "ExporterConfig JSON.")
 _OUTPUT = flags.DEFINE_string(
@@ -54,6 +73,9 @@ def build_config() -> tuple[exporter.ExporterConfig, dict]:
                 "model_name": _NAME,
                 "top_k": _TOP_K,
                 "infra_validate": _VALIDATE,
+                "serving_precision": _PRECISION,
+                "max_top1_drop": _MAX_TOP1_DROP,
+                "precision_check_examples": _CHECK_EXAMPLES,
             }
         )
     )

@@ -29,6 +29,13 @@ center crop, resize, normalize), the function the Evaluator used. The class
 names are the asset `assets/labels.txt`, read into a lookup table at load.
 Only the model's variables are saved, not the Keras object, so loading
 needs neither Keras nor coatnet_tf.
+
+The model inside computes in the export's serving precision
+(`SERVING_PRECISIONS`): "float32", or "bfloat16", the model built under
+tf_keras's `mixed_bfloat16` policy (bfloat16 matmuls, convolutions and
+activations; float32 variables, classifier and softmax). The variables
+are the trained float32 weights, unchanged, and the signature contract
+above is the same for both.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ CLASSIFY_INPUT_KEY = "inputs"
 PREDICT_OUTPUTS = ("probabilities", "top_k_ids", "top_k_labels", "top_k_scores")
 CLASSIFY_OUTPUTS = ("classes", "scores")
 CLASSIFY_METHOD = "tensorflow/serving/classify"
+# The export's compute precisions, and the tf_keras policy of each.
+SERVING_PRECISIONS = ("float32", "bfloat16")
+_KERAS_POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 # Images of one request decoded at once (tf.map_fn's graph default is 10):
 # a request's decode memory is at most this many images at the limit.
 DECODE_PARALLELISM = 4
@@ -197,6 +207,39 @@ class ServingModule(tf.Module):
             IMAGE_TENSOR_SIGNATURE: self.serve_images.get_concrete_function(),
             CLASSIFY_SIGNATURE: self.classify.get_concrete_function(),
         }
+
+
+def load_serving_model(uri: str, precision: str) -> tf_keras.Model:
+    """Rebuilds a Model artifact's model to compute in `precision`.
+
+    The layers take the global tf_keras policy when they are created, so
+    the model is built under the precision's policy, which is then put
+    back. Under `mixed_bfloat16` the variables stay float32, so the
+    trained checkpoint loads into them bit for bit (and `load_model`
+    asserts every value was consumed).
+
+    Args:
+      uri: the trained Model artifact's root.
+      precision: one of `SERVING_PRECISIONS`.
+
+    Returns:
+      The built model with the artifact's serving weights.
+
+    Raises:
+      ValueError: an unknown precision.
+    """
+    if precision not in _KERAS_POLICY:
+        raise ValueError(
+            f"serving precision {precision!r}; expected one of "
+            f"{SERVING_PRECISIONS}."
+        )
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy(_KERAS_POLICY[precision])
+    try:
+        model, _, _ = model_io.load_model(uri)
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)
+    return model
 
 
 def save(module: ServingModule, export_dir: str) -> None:
