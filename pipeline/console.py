@@ -17,6 +17,19 @@ import sys
 import warnings
 
 _VERBOSITY = re.compile(r"^--?(?:v|verbosity)(?:=(?P<value>-?\d+))?$")
+# The directory holding the project's packages (a source tree, runfiles
+# or site-packages): log records from code outside them are the libraries'.
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGES = (
+    "artifacts",
+    "bench",
+    "coatnet_tf",
+    "components",
+    "configs",
+    "pipeline",
+    "serving",
+    "storage",
+)
 
 
 def verbosity_requested(argv: list[str] | None = None) -> bool:
@@ -57,8 +70,15 @@ def quiet_unless_verbose(argv: list[str] | None = None) -> bool:
         return False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    # Beam's runner narrates every bundle at INFO.
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Beam's runner narrates every bundle at INFO, and its local workers
+    # relay their start-up warnings.
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    # TensorFlow's own Python modules log through absl too (checkpoint
+    # sharding, SavedModel signatures, fingerprints): absl's handler keeps
+    # the project's records and the libraries' warnings and errors.
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().addFilter(ProjectRecords())
     for category in (
         DeprecationWarning,
         PendingDeprecationWarning,
@@ -66,3 +86,25 @@ def quiet_unless_verbose(argv: list[str] | None = None) -> bool:
     ):
         warnings.filterwarnings("ignore", category=category)
     return True
+
+
+class ProjectRecords(logging.Filter):
+    """Passes the project's log records and other code's warnings.
+
+    Args:
+      root: the directory holding the project's packages.
+    """
+
+    def __init__(self, root: str = _PROJECT_ROOT):
+        super().__init__()
+        # Paths as Python names the modules (no symlinks resolved: under
+        # Bazel the runfiles tree links each file to the source tree).
+        self._dirs = tuple(
+            os.path.join(os.path.abspath(root), package, "")
+            for package in _PACKAGES
+        )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return os.path.abspath(record.pathname or "").startswith(self._dirs)
