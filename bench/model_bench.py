@@ -24,10 +24,13 @@ Prints one JSON object:
 Each measured function (setting, policy, forward or training step) lives
 in its own worker process (`bench.model_worker`), so that its peak
 resident memory is its own: TensorFlow's BFC allocator keeps what it
-pooled, and in one process a figure would mix models. The workers are
-started and warmed up first, and all stay alive, so the run needs the sum
-of their memory (about 4 training steps' and 4 forwards' for the
-defaults; `--kernels`, `--policies` and `--kinds` measure fewer).
+pooled, and in one process a figure would mix models. One kind at a
+time: the forward workers of every setting and policy are started,
+warmed up, measured in interleaved rounds and stopped, then the
+training-step workers. The run needs the sum of one kind's workers at
+once (`memory.peak_rss_at_once_gib`: for coatnet-0 at 224, batch 16,
+float32, the fused and reference training steps peak at about 4.1 and
+5.9 GiB; `--kernels`, `--policies` and `--kinds` measure fewer).
 
 The machine is shared, so peaks and models are measured in the same run,
 interleaved in rounds (every function once per round): the parent process
@@ -261,17 +264,16 @@ def main(argv):
             raise app.UsageError(f"--kinds={kind!r}; expected some of {KINDS}.")
     kinds = [k for k in KINDS if k in FLAGS.kinds]
     runs = [(s, p) for s in FLAGS.kernels for p in FLAGS.policies]
-    # The workers build and warm up while this process counts FLOPs.
-    workers = start_workers(runs, kinds)
-    try:
-        result = measure(workers, runs, kinds)
-    finally:
-        stop_workers(workers)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(measure(runs, kinds), indent=2))
 
 
-def measure(workers: dict, runs: list, kinds: list) -> dict:
-    """Runs the interleaved rounds; returns the report."""
+def measure(runs: list, kinds: list) -> dict:
+    """Runs the interleaved rounds, one kind at a time; returns the report.
+
+    The workers of one kind (forward, then training step) live at once:
+    every setting and policy of that kind is interleaved in each round,
+    and the run's memory at any moment is one kind's workers, not all.
+    """
     # Imported here, after the runtime settings of `main`.
     import tensorflow as tf
 
@@ -306,39 +308,56 @@ def measure(workers: dict, runs: list, kinds: list) -> dict:
             for name, (matmul, n_flops) in peaks.items()
         }
 
-    for worker in workers.values():
-        worker.ready()
-
     # Each model measurement is bracketed by peak measurements, so that the
     # fraction compares rates taken under the same machine load (on a
     # shared host the peak drifts within the ~15 s of a training
     # measurement; `rounds` records both sides). The workers idle while
     # the peak runs, and this process idles while a worker runs.
-    rounds = {key: [] for key in workers}
-    methods = set()
-    for _ in range(FLAGS.rounds):
-        for key, worker in workers.items():
-            before = measure_peak()
-            reply = worker.call("time", FLAGS.steps)
-            after = measure_peak()
-            methods.add(reply["peak_rss_method"])
-            rounds[key].append(
-                {
-                    "images_per_s": batch / reply["seconds_per_step"],
-                    "peak_gflops": {
-                        k: (before[k] + after[k]) / 2 for k in before
-                    },
-                    "peak_before": before,
-                    "peak_after": after,
-                    "peak_rss_bytes": reply["peak_rss_bytes"],
-                    "peak_rss_gib": reply["peak_rss_bytes"] / model_worker.GIB,
-                }
-            )
+    rounds, pids, profiles, methods = {}, {}, {}, set()
+    at_once = 0  # The largest sum of one kind's worker peaks.
+    for kind in kinds:
+        workers = start_workers(runs, [kind])
+        try:
+            for worker in workers.values():
+                worker.ready()
+            for key, worker in workers.items():
+                rounds[key], pids[key] = [], worker.pid
+            for _ in range(FLAGS.rounds):
+                for key, worker in workers.items():
+                    before = measure_peak()
+                    reply = worker.call("time", FLAGS.steps)
+                    after = measure_peak()
+                    methods.add(reply["peak_rss_method"])
+                    rss = reply["peak_rss_bytes"]
+                    rounds[key].append(
+                        {
+                            "images_per_s": batch / reply["seconds_per_step"],
+                            "peak_gflops": {
+                                k: (before[k] + after[k]) / 2 for k in before
+                            },
+                            "peak_before": before,
+                            "peak_after": after,
+                            "peak_rss_bytes": rss,
+                            "peak_rss_gib": rss / model_worker.GIB,
+                        }
+                    )
+            if FLAGS.profile_dir:
+                for (setting, policy, _), worker in workers.items():
+                    profiles[(setting, policy, kind)] = worker.call(
+                        "profile",
+                        2,
+                        os.path.join(
+                            FLAGS.profile_dir, f"{setting}_{policy}_{kind}"
+                        ),
+                    )["op_profile"]
+        finally:
+            stop_workers(workers)
+        at_once = max(
+            at_once,
+            sum(max(r["peak_rss_bytes"] for r in rounds[k]) for k in workers),
+        )
 
     all_peaks = [r["peak_gflops"] for rs in rounds.values() for r in rs]
-    worker_peaks = [
-        max(r["peak_rss_bytes"] for r in rs) for rs in rounds.values()
-    ]
     cpu = cpu_info()
     result = {
         "variant": FLAGS.variant,
@@ -365,8 +384,10 @@ def measure(workers: dict, runs: list, kinds: list) -> dict:
             # One method for the whole run unless workers differed.
             "peak_rss_method": "+".join(sorted(methods)),
             "process_per_measurement": True,
-            "workers": len(workers),
-            "sum_of_worker_peak_rss_gib": sum(worker_peaks) / model_worker.GIB,
+            "workers": len(rounds),
+            # One kind's workers live at a time: the run's need at once.
+            "workers_at_once": len(runs),
+            "peak_rss_at_once_gib": at_once / model_worker.GIB,
         },
     }
 
@@ -393,7 +414,7 @@ def measure(workers: dict, runs: list, kinds: list) -> dict:
                 ),
                 "peak_rss_bytes": rss_bytes,
                 "peak_rss_gib": rss_gib,
-                "worker_pid": workers[key].pid,
+                "worker_pid": pids[key],
             }
             ours = entry[kind]["images_per_s"]
             if policy != "float32":
@@ -410,14 +431,8 @@ def measure(workers: dict, runs: list, kinds: list) -> dict:
                 entry[kind]["speedup_vs_reference"] = {
                     k: ours[k] / base[k] for k in base
                 }
-            if FLAGS.profile_dir:
-                entry[kind]["op_profile"] = workers[key].call(
-                    "profile",
-                    2,
-                    os.path.join(
-                        FLAGS.profile_dir, f"{setting}_{policy}_{kind}"
-                    ),
-                )["op_profile"]
+            if key in profiles:
+                entry[kind]["op_profile"] = profiles[key]
         result.setdefault(setting, {})[policy] = entry
     measured = {"variant": FLAGS.variant, "image_size": size, "batch": batch}
     result["goals"] = {
