@@ -288,6 +288,34 @@ def read_labels(examples: core.Artifact) -> list[str] | None:
     return model_lib.read_labels(path)
 
 
+def label_mapping(
+    data_labels: Sequence[str] | None, model_labels: Sequence[str]
+) -> list[int] | None:
+    """Maps the data's label ids onto a model's, by class name.
+
+    Args:
+      data_labels: the Examples' class names (None: ids already agree).
+      model_labels: the model's class names.
+
+    Returns:
+      None when the ids agree; else `mapping[data_id] = model_id`.
+
+    Raises:
+      ValueError: some data classes are unknown to the model.
+    """
+    if data_labels is None or list(data_labels) == list(model_labels):
+        return None
+    index = {name: i for i, name in enumerate(model_labels)}
+    missing = [n for n in data_labels if n not in index]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} classes of the examples are not in the model's "
+            f"labels, e.g. {missing[:5]}; use examples of the model's label "
+            "space."
+        )
+    return [index[n] for n in data_labels]
+
+
 @dataclasses.dataclass(frozen=True)
 class ExamplesInfo:
     """What a training reader needs to know about an Examples artifact.

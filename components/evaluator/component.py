@@ -311,7 +311,7 @@ def _evaluate_model(
     predict = make_predict_fn(model)
     results = {}
     for s in sets:
-        mapping = examples_io.label_mapping(s.data_labels, labels)
+        mapping = examples_lib.label_mapping(s.data_labels, labels)
         dataset = examples_io.eval_dataset(
             s.files,
             spec.image_size,

@@ -2,8 +2,8 @@
 
 The layout, listing, compression and parse spec are the Examples
 artifact's (`artifacts.examples`); this module adds what only evaluation
-needs: mapping the data's label ids onto the model's by class name, and
-batches of preprocessed images with padded label lists. Images go through
+needs: batches of preprocessed images with padded label lists, their ids
+mapped onto the model's (`examples_lib.label_mapping`). Images go through
 `components.preprocessing.preprocess_for_eval`, the same function the
 exported SavedModel calls.
 """
@@ -16,34 +16,6 @@ import tensorflow as tf
 
 from artifacts import examples as examples_lib
 from components import preprocessing
-
-
-def label_mapping(
-    data_labels: Sequence[str] | None, model_labels: Sequence[str]
-) -> list[int] | None:
-    """Maps the data's label ids onto the model's, by class name.
-
-    Args:
-      data_labels: the Examples' class names (None: ids already agree).
-      model_labels: the model's class names.
-
-    Returns:
-      None when the ids agree; else `mapping[data_id] = model_id`.
-
-    Raises:
-      ValueError: some data classes are unknown to the model.
-    """
-    if data_labels is None or list(data_labels) == list(model_labels):
-        return None
-    index = {name: i for i, name in enumerate(model_labels)}
-    missing = [n for n in data_labels if n not in index]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} classes of the evaluation data are not in the "
-            f"model's labels, e.g. {missing[:5]}; evaluate on data with the "
-            "model's label space."
-        )
-    return [index[n] for n in data_labels]
 
 
 def eval_dataset(
@@ -60,7 +32,8 @@ def eval_dataset(
       files: TFRecord files of tf.Example.
       image_size: the model's resolution.
       batch_size: images per batch (the last batch may be smaller).
-      mapping: optional data id -> model id table (see `label_mapping`).
+      mapping: optional data id -> model id table
+        (`examples_lib.label_mapping`).
       max_examples: stop after this many records (0: all).
       compression: the artifact's `compression` property (None: each
         file's suffix decides).

@@ -82,34 +82,6 @@ def choose_split(examples: base.Artifact, wanted: str) -> str:
     return splits[0]
 
 
-def label_mapping(
-    data_labels: Sequence[str] | None, model_labels: Sequence[str]
-) -> np.ndarray | None:
-    """The model id of each data label id, by class name.
-
-    Args:
-      data_labels: the Examples' class names (None: ids already agree).
-      model_labels: the model's class names.
-
-    Returns:
-      None when the ids agree, else an int64 array indexed by data id.
-
-    Raises:
-      ValueError: data classes the model does not know.
-    """
-    if data_labels is None or list(data_labels) == list(model_labels):
-        return None
-    index = {name: i for i, name in enumerate(model_labels)}
-    missing = [name for name in data_labels if name not in index]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} classes of the examples are not in the model's "
-            f"labels, e.g. {missing[:5]}; pass examples of the model's "
-            "label space."
-        )
-    return np.array([index[name] for name in data_labels], np.int64)
-
-
 def _batches(
     examples: base.Artifact,
     split: str,
@@ -170,7 +142,11 @@ def top1_check(
       ValueError: the examples hold classes the model does not know.
       ArtifactError: the split has no files.
     """
-    mapping = label_mapping(examples_lib.read_labels(examples), model_labels)
+    mapping = examples_lib.label_mapping(
+        examples_lib.read_labels(examples), model_labels
+    )
+    if mapping is not None:
+        mapping = np.array(mapping, np.int64)
     serve = tf.saved_model.load(export_dir).signatures[
         serving_model.PREDICT_SIGNATURE
     ]

@@ -25,6 +25,15 @@ def _artifact(uri, compression, split_counts, multi_label=False):
 
 
 class ExamplesTest(absltest.TestCase):
+    def test_label_mapping_by_class_name(self):
+        self.assertIsNone(examples_lib.label_mapping(None, ["a", "b"]))
+        self.assertIsNone(examples_lib.label_mapping(["a", "b"], ["a", "b"]))
+        self.assertEqual(
+            examples_lib.label_mapping(["b", "a"], ["a", "b", "c"]), [1, 0]
+        )
+        with self.assertRaisesRegex(ValueError, "not in the model's labels"):
+            examples_lib.label_mapping(["a", "z"], ["a", "b"])
+
     def setUp(self):
         super().setUp()
         self.uri = self.create_tempdir().full_path

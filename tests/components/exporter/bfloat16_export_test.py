@@ -287,15 +287,6 @@ class BFloat16ExportTest(tf.test.TestCase):
 
 
 class PrecisionCheckTest(tf.test.TestCase):
-    def test_label_mapping_by_class_name(self):
-        self.assertIsNone(precision_check.label_mapping(None, ["a", "b"]))
-        self.assertIsNone(precision_check.label_mapping(["a", "b"], ["a", "b"]))
-        self.assertAllEqual(
-            precision_check.label_mapping(["b", "a"], ["a", "b", "c"]), [1, 0]
-        )
-        with self.assertRaisesRegex(ValueError, "not in the model's labels"):
-            precision_check.label_mapping(["a", "z"], ["a", "b"])
-
     def test_verdict(self):
         check = precision_check.Top1Check("validation", 200, 0.80, 0.796, 0.005)
         self.assertTrue(check.passed)
