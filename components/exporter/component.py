@@ -20,10 +20,10 @@ Outputs:
 or bfloat16 (`serving_model.load_serving_model`) for CPUs and
 accelerators with native bfloat16, with the same signatures and float32
 outputs. A bfloat16 export is infra-validated against the float32 model
-with `infra_atol_bfloat16`, and, when `examples` are given, its top-1 on
-the evaluation split must be within `max_top1_drop` of the float32
-model's (`precision_check`); both figures are recorded in the
-infra_blessing's properties.
+with `infra_atol_bfloat16`, and its top-1 on the `examples`' evaluation
+split must be within `max_top1_drop` of the float32 model's
+(`precision_check`; without `examples` it is not infra-blessed); both
+figures are recorded in the infra_blessing's properties.
 
 A model the Evaluator did not bless is not exported (with
 `require_blessing`, the default): the outputs say so and nothing is
@@ -201,6 +201,18 @@ class Exporter(base.Component):
             )
             return
         float32 = config.serving_precision == "float32"
+        examples = inputs.get("examples")
+        if not float32 and examples is None:
+            # Its accuracy is unknown: not served until it is checked.
+            infra_validation.write_infra_blessing(
+                infra,
+                False,
+                f"A {config.serving_precision} export is infra-blessed only "
+                "after its top-1 is checked against float32 on labelled "
+                "images: give the Exporter `examples` (--examples), or "
+                "export in float32.",
+            )
+            return
         result = infra_validation.validate(
             export_dir,
             model,
@@ -220,18 +232,11 @@ class Exporter(base.Component):
                 "serving_precision": config.serving_precision,
             }
         )
-        examples = inputs.get("examples")
         if blessed and not float32:
-            if examples is None:
-                logging.warning(
-                    "No examples: the %s export's top-1 is not checked.",
-                    config.serving_precision,
-                )
-            else:
-                blessed, why = self._check_top1(
-                    export_dir, model, spec, labels, examples, config, infra
-                )
-                reason = f"{reason} {why}"
+            blessed, why = self._check_top1(
+                export_dir, model, spec, labels, examples, config, infra
+            )
+            reason = f"{reason} {why}"
         infra_validation.write_infra_blessing(infra, blessed, reason)
 
     @staticmethod

@@ -23,7 +23,10 @@ _BLESSING = flags.DEFINE_string(
     "blessing", "", "The Evaluator's blessing (optional)."
 )
 _EXAMPLES = flags.DEFINE_string(
-    "examples", "", "Examples for representative warmup images (optional)."
+    "examples",
+    "",
+    "Examples: representative warmup images, and the labelled images a "
+    "bfloat16 export's top-1 is checked on (required for bfloat16).",
 )
 _NAME = flags.DEFINE_string("model_name", None, "Serving model name.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Classes in top-k outputs.")

@@ -126,10 +126,13 @@ class BFloat16ExportTest(tf.test.TestCase):
         )
 
     @classmethod
-    def run_exporter(cls, name: str, config) -> dict:
+    def run_exporter(cls, name: str, config, with_examples=True) -> dict:
+        inputs = {"model": cls.model_artifact}
+        if with_examples:
+            inputs["examples"] = cls.examples
         return base.execute(
             exporter.Exporter(),
-            {"model": cls.model_artifact, "examples": cls.examples},
+            inputs,
             {
                 "model": f"{cls.root}/{name}/model",
                 "infra_blessing": f"{cls.root}/{name}/infra",
@@ -284,6 +287,15 @@ class BFloat16ExportTest(tf.test.TestCase):
         self.assertIn(f"bfloat16 export {props['top1_export']:.4f}", reason)
         self.assertIn(f"float32 model {props['top1_float32']:.4f}", reason)
         self.assertIn("more than the allowed -1", reason)
+
+    def test_without_examples_the_export_is_not_infra_blessed(self):
+        outputs = self.run_exporter("unchecked", self.config, False)
+        infra = outputs["infra_blessing"]
+        self.assertFalse(
+            blessing_artifact.is_blessed(infra, blessing_artifact.INFRA)
+        )
+        self.assertIn("--examples", infra.properties["reason"])
+        self.assertNotIn("top1_export", infra.properties)
 
 
 class PrecisionCheckTest(tf.test.TestCase):
