@@ -31,6 +31,8 @@ CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_DIR = "weights"
 WEIGHTS_PREFIX = "model"
 SERVING_DIR = "Format-Serving"
+# The Trainer's TensorBoard summaries, `<model>/logs/{train,validation}`.
+LOGS_DIR = "logs"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,6 @@ from artifacts import (
 from artifacts import evaluation as evaluation_lib  # noqa: E402
 from artifacts import model as model_io  # noqa: E402
 
-TRAIN_LOGS = "logs"
-
 
 @dataclasses.dataclass
 class StageRow:
@@ -162,7 +160,7 @@ def plot_training_curves(model_uri: str, path: str) -> str | None:
     Returns:
       The PNG path, or None when the model has no logs.
     """
-    logs = os.path.join(model_uri, TRAIN_LOGS)
+    logs = os.path.join(model_uri, model_io.LOGS_DIR)
     runs = {
         name: read_scalars(os.path.join(logs, name))
         for name in ("train", "validation")

@@ -10,6 +10,7 @@ artifact's properties.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import tensorflow as tf
 
@@ -53,4 +54,25 @@ class Trainer(base.Component):
             base_model=inputs.get("base_model"),
             strategy=self.strategy,
         )
-        model.properties.update(train_lib.result_properties(result, trainer))
+        model.properties.update(result_properties(result, trainer))
+
+
+def result_properties(
+    result: train_lib.TrainResult, trainer: train_lib.Trainer
+) -> dict[str, Any]:
+    """The Model artifact's properties after a run."""
+    last = result.history[-1] if result.history else {}
+    return {
+        "variant": trainer.spec.variant,
+        "image_size": trainer.spec.image_size,
+        "num_classes": trainer.spec.num_classes,
+        "multi_label": trainer.spec.multi_label,
+        "step": result.step,
+        "start_step": result.start_step,
+        "ema": trainer.config.optimizer.ema_decay > 0,
+        "init": result.init,
+        "train_loss": last.get("loss"),
+        "train_accuracy": last.get("accuracy"),
+        "eval": result.eval_metrics,
+        "examples": trainer.info.uri,
+    }

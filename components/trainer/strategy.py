@@ -97,6 +97,14 @@ def is_tpu(strategy: tf.distribute.Strategy) -> bool:
     )
 
 
+def resolve_precision(precision: str, strategy: tf.distribute.Strategy) -> str:
+    """The Keras policy of a `runtime.precision`: "auto" is mixed_bfloat16
+    on TPU, float32 elsewhere; other values are kept."""
+    if precision == "auto":
+        return "mixed_bfloat16" if is_tpu(strategy) else "float32"
+    return precision
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the shared outputs (summaries, model).
 

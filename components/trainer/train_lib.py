@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Any
 
 import tensorflow as tf
@@ -44,12 +43,11 @@ from components.trainer import (
     losses,
     nonfinite,
     optimization,
+    reporting,
     resume,
 )
 from components.trainer import fingerprint as fingerprint_lib
 from components.trainer import strategy as strategy_lib
-
-LOG_DIR = "logs"
 
 
 @dataclasses.dataclass
@@ -111,7 +109,9 @@ class Trainer:
             overrides=config_lib.model_overrides(config, self.sigmoid),
         )
         self.is_chief = strategy_lib.is_chief(strategy)
-        self.precision = _precision(config.runtime.precision, strategy)
+        self.precision = strategy_lib.resolve_precision(
+            config.runtime.precision, strategy
+        )
         # bfloat16 images halve the host-to-device transfer; the model casts
         # its input to the compute dtype anyway.
         self.input_dtype = (
@@ -132,7 +132,7 @@ class Trainer:
         self._train_fn = None
         self._skipped_logged = 0
         self._eval_fn = None
-        self._writers = {}
+        self.reporter = reporting.Reporter(model_dir, self.is_chief)
         self._saved_step = None
         self._init = None
         self._train_input = None
@@ -471,7 +471,7 @@ class Trainer:
         )
         history = []
         iterator = self.train_iterator() if start < total else None
-        progress = _Progress(start, total, self.config.batch_size)
+        progress = reporting.Progress(start, total, self.config.batch_size)
         step = start
         while step < total:
             boundaries = [total, step + rt.steps_per_execution]
@@ -505,7 +505,7 @@ class Trainer:
                 and step % every == 0
                 and step < total
             ):
-                self._write_eval(step, self.evaluate())
+                self.reporter.evaluation(step, self.evaluate())
         self._save(step)
         if self.config.optimizer.ema_decay > 0:
             # Training is over and its state is checkpointed: the model's
@@ -516,9 +516,8 @@ class Trainer:
         eval_metrics = {}
         if self.eval_batches:
             eval_metrics = self.evaluate()
-            self._write_eval(step, eval_metrics)
-        for writer in self._writers.values():
-            writer.flush()
+            self.reporter.evaluation(step, eval_metrics)
+        self.reporter.flush()
         return TrainResult(step, start, history, eval_metrics, init)
 
     def write_model(self) -> str:
@@ -535,19 +534,7 @@ class Trainer:
         self._cleanup_worker_dir()
         return path
 
-    # Logging.
-
-    def _writer(self, name: str):
-        if name not in self._writers:
-            if self.is_chief:
-                self._writers[name] = tf.summary.create_file_writer(
-                    os.path.join(self.model_dir, LOG_DIR, name)
-                )
-            else:
-                self._writers[name] = tf.summary.create_noop_writer()
-        return self._writers[name]
-
-    def _log(self, step: int, progress: _Progress) -> dict[str, float]:
+    def _log(self, step: int, progress: reporting.Progress) -> dict:
         # Reading a metric all-reduces it: every worker does it.
         record = {
             "step": step,
@@ -558,31 +545,7 @@ class Trainer:
         }
         for name in ("loss", "accuracy", "grad_norm"):
             self.metrics[name].reset_state()
-        record.update(progress.update(step))
-        with self._writer("train").as_default(step=step):
-            for name, value in record.items():
-                if name != "step":
-                    tf.summary.scalar(name, value)
-        logging.info(
-            "step %d/%d (%.1f%%) loss %.4f acc %.3f lr %.3g | %.1f img/s, "
-            "%.3f s/step, ETA %s",
-            step,
-            progress.total,
-            100.0 * step / max(progress.total, 1),
-            record["loss"],
-            record["accuracy"],
-            record["learning_rate"],
-            record["images_per_sec"],
-            record["step_time"],
-            progress.eta(step),
-        )
-        return record
-
-    def _write_eval(self, step: int, metrics: dict[str, float]) -> None:
-        with self._writer("validation").as_default(step=step):
-            for name, value in metrics.items():
-                tf.summary.scalar(name, value)
-        logging.info("eval at step %d: %s", step, metrics)
+        return self.reporter.train(record, progress)
 
     def _save(self, step: int) -> None:
         if step == self._saved_step:
@@ -599,36 +562,6 @@ class Trainer:
     def _cleanup_worker_dir(self) -> None:
         if not self.is_chief and tf.io.gfile.exists(self.manager.directory):
             tf.io.gfile.rmtree(self.manager.directory)
-
-
-class _Progress:
-    """Throughput and ETA from host wall time between log points."""
-
-    def __init__(self, start: int, total: int, batch: int):
-        self.total, self.batch = total, batch
-        self.last_step, self.last_time = start, time.perf_counter()
-        self.step_time = 0.0
-
-    def update(self, step: int) -> dict[str, float]:
-        now = time.perf_counter()
-        steps = max(step - self.last_step, 1)
-        self.step_time = (now - self.last_time) / steps
-        self.last_step, self.last_time = step, now
-        return {
-            "images_per_sec": self.batch / max(self.step_time, 1e-9),
-            "step_time": self.step_time,
-        }
-
-    def eta(self, step: int) -> str:
-        seconds = int(self.step_time * (self.total - step))
-        hours, rest = divmod(seconds, 3600)
-        return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
-
-
-def _precision(precision: str, strategy: tf.distribute.Strategy) -> str:
-    if precision == "auto":
-        return "mixed_bfloat16" if strategy_lib.is_tpu(strategy) else "float32"
-    return precision
 
 
 def run(
@@ -664,22 +597,3 @@ def run(
     result = trainer.train()
     trainer.write_model()
     return result, trainer
-
-
-def result_properties(result: TrainResult, trainer: Trainer) -> dict[str, Any]:
-    """The Model artifact's properties after a run."""
-    last = result.history[-1] if result.history else {}
-    return {
-        "variant": trainer.spec.variant,
-        "image_size": trainer.spec.image_size,
-        "num_classes": trainer.spec.num_classes,
-        "multi_label": trainer.spec.multi_label,
-        "step": result.step,
-        "start_step": result.start_step,
-        "ema": trainer.config.optimizer.ema_decay > 0,
-        "init": result.init,
-        "train_loss": last.get("loss"),
-        "train_accuracy": last.get("accuracy"),
-        "eval": result.eval_metrics,
-        "examples": trainer.info.uri,
-    }
