@@ -84,7 +84,7 @@ class _Child:
 class _LockCases:
     """The same cases on each filesystem; subclasses give `new_root`."""
 
-    rounds = 12
+    rounds = 8
 
     def new_root(self) -> str:
         raise NotImplementedError
@@ -242,7 +242,7 @@ class LocalLockTest(_LockCases, absltest.TestCase):
 
 
 class GcsLockTest(emulator.EmulatorMixin, _LockCases, absltest.TestCase):
-    rounds = 6
+    rounds = 4
 
     def new_root(self) -> str:
         return self.gcs.uri(f"root-{uuid.uuid4().hex[:8]}")
