@@ -19,8 +19,10 @@ import warnings
 _VERBOSITY = re.compile(r"^--?(?:v|verbosity)(?:=(?P<value>-?\d+))?$")
 # The directory holding the project's packages (a source tree, runfiles
 # or site-packages): log records from code outside them are the libraries'.
+# PROJECT_PACKAGES is every top-level package but tests/ (console_test
+# checks it against the source tree).
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_PACKAGES = (
+PROJECT_PACKAGES = (
     "artifacts",
     "bench",
     "coatnet_tf",
@@ -101,7 +103,7 @@ class ProjectRecords(logging.Filter):
         # Bazel the runfiles tree links each file to the source tree).
         self._dirs = tuple(
             os.path.join(os.path.abspath(root), package, "")
-            for package in _PACKAGES
+            for package in PROJECT_PACKAGES
         )
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -7,6 +7,7 @@ import os
 from absl.testing import absltest
 
 from pipeline import console
+from tests import source_tree
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -44,6 +45,20 @@ class ProjectRecordsTest(absltest.TestCase):
         keep = console.ProjectRecords(site).filter
         self.assertTrue(keep(_record(f"{site}/pipeline/runner.py")))
         self.assertFalse(keep(_record(f"{site}/tensorflow/__init__.py")))
+
+
+class ProjectPackagesTest(absltest.TestCase):
+    def test_every_top_level_package_is_listed(self):
+        # A package missing from the list would have its INFO lines
+        # dropped as a library's.
+        root = source_tree.root()
+        found = {
+            name
+            for name in os.listdir(root)
+            if name != "tests"
+            and os.path.isfile(os.path.join(root, name, "__init__.py"))
+        }
+        self.assertEqual(set(console.PROJECT_PACKAGES), found)
 
 
 if __name__ == "__main__":
