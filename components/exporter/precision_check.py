@@ -150,7 +150,9 @@ def top1_check(
     serve = tf.saved_model.load(export_dir).signatures[
         serving_model.PREDICT_SIGNATURE
     ]
-    predict = tf.function(lambda images: model(images, training=False))
+    predict = tf.function(
+        lambda images: model(images, training=False), autograph=False
+    )
     correct_float32 = correct_export = scored = 0
     batches = _batches(examples, split, image_size, max_examples, batch_size)
     for encoded, images, labels in batches:

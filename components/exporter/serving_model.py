@@ -83,6 +83,11 @@ class _Untracked:
         self.value = value
 
 
+def _graph_function(fn, spec: tf.TensorSpec):
+    """`fn` as a tf.function of one input, traced without autograph."""
+    return tf.function(fn, input_signature=[spec], autograph=False)
+
+
 class ServingModule(tf.Module):
     """The exported graph: preprocessing, the model and the label lookup."""
 
@@ -129,14 +134,29 @@ class ServingModule(tf.Module):
         )
         # The model is traced once, for preprocessed images, and every
         # signature calls that one function: three signatures cost one
-        # trace, and the SavedModel holds the model's graph once.
+        # trace, and the SavedModel holds the model's graph once. The
+        # signature functions are held untracked too: as attributes,
+        # `tf.saved_model.save` would trace each again for the object
+        # graph. No autograph: nothing here branches on a tensor, and
+        # converting every layer call makes tracing several times slower.
+        size = self.image_size
+        string_batch = tf.TensorSpec([None], tf.string)
         self._classifier = _Untracked(
-            tf.function(
-                self._outputs,
-                input_signature=[
-                    tf.TensorSpec([None, self.image_size, self.image_size, 3])
-                ],
-            )
+            _graph_function(self._outputs, tf.TensorSpec([None, size, size, 3]))
+        )
+        self._functions = _Untracked(
+            {
+                PREDICT_SIGNATURE: _graph_function(
+                    self._serve_image_bytes, string_batch
+                ),
+                IMAGE_TENSOR_SIGNATURE: _graph_function(
+                    self._serve_images,
+                    tf.TensorSpec([None, None, None, 3], tf.uint8),
+                ),
+                CLASSIFY_SIGNATURE: _graph_function(
+                    self._classify, string_batch
+                ),
+            }
         )
 
     def _classify_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -178,14 +198,22 @@ class ServingModule(tf.Module):
             parallel_iterations=DECODE_PARALLELISM,
         )
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def serve_image_bytes(self, image_bytes):
+    def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict:
+        """`serving_default`: encoded images in, the outputs out."""
+        return self._functions.value[PREDICT_SIGNATURE](image_bytes)
+
+    def serve_images(self, images: tf.Tensor) -> dict:
+        """`image_tensor`: uint8 images in, the outputs out."""
+        return self._functions.value[IMAGE_TENSOR_SIGNATURE](images)
+
+    def classify(self, inputs: tf.Tensor) -> dict:
+        """`classify`: serialized tf.Examples in, classes and scores out."""
+        return self._functions.value[CLASSIFY_SIGNATURE](inputs)
+
+    def _serve_image_bytes(self, image_bytes):
         return self._classify_images(self._from_bytes(image_bytes))
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)]
-    )
-    def serve_images(self, images):
+    def _serve_images(self, images):
         size = self.image_size
         with tf.control_dependencies(
             [
@@ -202,8 +230,7 @@ class ServingModule(tf.Module):
         )
         return self._classify_images(preprocessed)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def classify(self, inputs):
+    def _classify(self, inputs):
         with tf.control_dependencies(
             [image_limits.check_batch(inputs, self.max_batch_size)]
         ):
@@ -217,9 +244,8 @@ class ServingModule(tf.Module):
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """The signature map, keyed so the input names are the contract's."""
         return {
-            PREDICT_SIGNATURE: self.serve_image_bytes.get_concrete_function(),
-            IMAGE_TENSOR_SIGNATURE: self.serve_images.get_concrete_function(),
-            CLASSIFY_SIGNATURE: self.classify.get_concrete_function(),
+            name: function.get_concrete_function()
+            for name, function in self._functions.value.items()
         }
 
 
