@@ -96,7 +96,9 @@ class SetResult:
 def make_predict_fn(model: tf_keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     """A compiled forward pass returning float32 logits."""
 
-    @tf.function(reduce_retracing=True)
+    # No autograph: the model branches on no tensor, and converting every
+    # layer call makes tracing several times slower.
+    @tf.function(reduce_retracing=True, autograph=False)
     def predict(images):
         return tf.cast(model(images, training=False), tf.float32)
 

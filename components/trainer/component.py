@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from components import base
 from components.trainer import config as config_lib
-from components.trainer import train_lib
+from components.trainer import reporting, train_lib
 
 
 class Trainer(base.Component):
@@ -58,7 +58,7 @@ class Trainer(base.Component):
 
 
 def result_properties(
-    result: train_lib.TrainResult, trainer: train_lib.Trainer
+    result: reporting.TrainResult, trainer: train_lib.Trainer
 ) -> dict[str, Any]:
     """The Model artifact's properties after a run."""
     last = result.history[-1] if result.history else {}

@@ -37,6 +37,10 @@ from components.trainer import config as config_lib
 from components.trainer import rng
 
 AUTOTUNE = tf.data.AUTOTUNE
+# tf.data converts map functions with autograph unless told not to. None of
+# ours (nor Model Garden's augmentations) branches on a tensor in Python,
+# and converting RandAugment alone costs seconds per process.
+_plain = tf.autograph.experimental.do_not_convert
 # Read-ahead per TFRecord file: large sequential reads suit GCS.
 READ_BUFFER_BYTES = 8 << 20
 
@@ -172,6 +176,7 @@ def train_dataset(
             "multi-label data."
         )
 
+    @_plain
     def preprocess(index, serialized):
         key = rng.element_key(config.seed, rng.EXAMPLE_STREAM, pipeline, index)
         ex = parse_example(serialized)
@@ -195,6 +200,7 @@ def train_dataset(
             num_classes, aug.mixup_alpha, aug.cutmix_alpha, smoothing
         )
 
+        @_plain
         def mix_batch(index, batch):
             key = rng.element_key(
                 config.seed, rng.BATCH_STREAM, pipeline, index
@@ -300,6 +306,7 @@ def eval_dataset(
         repeat=False,
     )
 
+    @_plain
     def preprocess(serialized):
         ex = parse_example(serialized)
         image = preprocessing.preprocess_for_eval(ex["image"], image_size)

@@ -1,4 +1,4 @@
-"""What a training run reports: progress lines and TensorBoard summaries.
+"""What a training run reports: its result, progress lines and summaries.
 
 The console gets one line per log point with the step, loss, accuracy,
 learning rate, images/s, seconds per step and the ETA, and one per
@@ -10,6 +10,7 @@ distributed metric all-reduces it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -17,6 +18,27 @@ import tensorflow as tf
 from absl import logging
 
 from artifacts import model as model_io
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run did.
+
+    Attributes:
+      step: the step the weights are at.
+      start_step: the step the run started (or resumed) at.
+      history: one record per logging interval (step, loss, accuracy,
+        learning_rate, grad_norm, images_per_sec, step_time).
+      eval_metrics: the final evaluation ({} when there is no eval split).
+      init: how the weights were initialized ("random", "resumed from
+        ...", or the finetune restore summary).
+    """
+
+    step: int
+    start_step: int
+    history: list[dict[str, float]]
+    eval_metrics: dict[str, float]
+    init: str
 
 
 class Progress:

@@ -27,6 +27,7 @@ checkpoints; a run with other settings refuses to resume them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -48,27 +49,6 @@ from components.trainer import (
 )
 from components.trainer import fingerprint as fingerprint_lib
 from components.trainer import strategy as strategy_lib
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What a training run did.
-
-    Attributes:
-      step: the step the weights are at.
-      start_step: the step the run started (or resumed) at.
-      history: one record per logging interval (step, loss, accuracy,
-        learning_rate, grad_norm, images_per_sec, step_time).
-      eval_metrics: the final evaluation ({} when there is no eval split).
-      init: how the weights were initialized ("random", "resumed from
-        ...", or the finetune restore summary).
-    """
-
-    step: int
-    start_step: int
-    history: list[dict[str, float]]
-    eval_metrics: dict[str, float]
-    init: str
 
 
 class Trainer:
@@ -329,17 +309,22 @@ class Trainer:
         jit = self.config.runtime.jit_compile and not strategy_lib.is_tpu(
             self.strategy
         )
+        # Only the loops need autograph (`for` over `tf.range`); the steps
+        # branch on no tensor, and converting each layer call is slow.
+        plain = tf.autograph.experimental.do_not_convert
+        xla = functools.partial(tf.function, jit_compile=True, autograph=False)
         self._grads = self._grads_impl
-        step = self._replica_step
+        step = plain(self._replica_step)
         if jit and self.strategy.num_replicas_in_sync == 1:
             # One replica: the whole step, optimizer included, is one XLA
             # program, as it is on TPU.
-            step = tf.function(self._replica_step, jit_compile=True)
+            step = xla(self._replica_step)
         elif jit:
             # Cross-device all-reduce is not compiled by XLA on CPU/GPU;
             # compile the forward and backward pass only.
-            self._grads = tf.function(self._grads_impl, jit_compile=True)
+            self._grads = xla(self._grads_impl)
         self.replica_step = step
+        eval_step = plain(self._eval_step)
 
         @tf.function
         def train_loop(iterator, num_steps):
@@ -353,7 +338,7 @@ class Trainer:
         @tf.function
         def eval_loop(iterator, num_steps):
             for _ in tf.range(num_steps):
-                self.strategy.run(self._eval_step, args=next(iterator))
+                self.strategy.run(eval_step, args=next(iterator))
 
         self._train_fn, self._eval_fn = train_loop, eval_loop
 
@@ -444,13 +429,13 @@ class Trainer:
 
     # The loop.
 
-    def train(self) -> TrainResult:
+    def train(self) -> reporting.TrainResult:
         """Trains to the configured number of steps, then writes the model.
 
         Initializes first (`initialize`) unless the caller already did.
 
         Returns:
-          The run's `TrainResult`.
+          The run's `reporting.TrainResult`.
         """
         init = self._init or self.initialize()
         start = self.step
@@ -518,7 +503,7 @@ class Trainer:
             eval_metrics = self.evaluate()
             self.reporter.evaluation(step, eval_metrics)
         self.reporter.flush()
-        return TrainResult(step, start, history, eval_metrics, init)
+        return reporting.TrainResult(step, start, history, eval_metrics, init)
 
     def write_model(self) -> str:
         """Writes the Model artifact's spec, labels and serving weights."""
@@ -570,7 +555,7 @@ def run(
     model_uri: str,
     base_model: base.Artifact | None = None,
     strategy: tf.distribute.Strategy | None = None,
-) -> tuple[TrainResult, Trainer]:
+) -> tuple[reporting.TrainResult, Trainer]:
     """Trains on an Examples artifact and writes a Model artifact.
 
     Args:
