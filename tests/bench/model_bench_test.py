@@ -8,35 +8,22 @@ on given figures and the peak-memory readings of `bench.model_worker`.
 """
 
 import itertools
-import json
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from bench import model_bench, model_worker
-from tests import child_env
+from tests.bench import run
 
 GIB = 2**30
 
 
 def run_bench(*flags: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.model_bench", *flags],
-        env=child_env.python_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if out.returncode:
-        raise AssertionError(f"model_bench failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout)
+    return run.run_bench("bench.model_bench", *flags)
 
 
 class ModelBenchTest(tf.test.TestCase):

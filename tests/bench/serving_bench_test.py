@@ -5,42 +5,26 @@ cannot time a shared machine); the report's fields and their consistency
 are.
 """
 
-import json
-import subprocess
-import sys
-
 import tensorflow as tf
 
 from bench import cpu
-from tests import child_env
+from tests.bench import run
 
 
 class ServingBenchTest(tf.test.TestCase):
     def test_report(self):
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.serving_bench",
-                "--variant=coatnet-tiny",
-                "--image_size=32",
-                "--num_classes=5",
-                "--batch_size=4",
-                "--iterations=3",
-                "--latency_iterations=12",
-                "--warmup_iterations=1",
-                "--grpc=false",
-                "--serving_precision=both",
-            ],
-            env=child_env.python_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+        report = run.run_bench(
+            "bench.serving_bench",
+            "--variant=coatnet-tiny",
+            "--image_size=32",
+            "--num_classes=5",
+            "--batch_size=4",
+            "--iterations=3",
+            "--latency_iterations=12",
+            "--warmup_iterations=1",
+            "--grpc=false",
+            "--serving_precision=both",
         )
-        if out.returncode:
-            raise AssertionError(f"serving_bench failed:\n{out.stderr[-4000:]}")
-        report = json.loads(out.stdout)
         self.assertEqual(set(report["precisions"]), {"float32", "bfloat16"})
         for precision, entry in report["precisions"].items():
             served = entry["saved_model"]
