@@ -102,11 +102,12 @@ def timed(fn, steps: int) -> float:
 def make_steps(tf, model, optimizer, images, labels):
     """tf.functions (no XLA) for inference and one AdamW training step."""
 
-    @tf.function
+    # No autograph, as the trainer: the model branches on no tensor.
+    @tf.function(autograph=False)
     def forward():
         return model(images, training=False)
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step():
         with tf.GradientTape() as tape:
             logits = model(images, training=True)  # float32 logits.

@@ -160,7 +160,9 @@ def bench_precision(root: str, source: str, precision: str, images) -> dict:
     preprocessed = tf.stack(
         [preprocessing.preprocess_for_eval(b, _SIZE.value) for b in images]
     )
-    forward = tf.function(lambda: model(preprocessed, training=False))
+    forward = tf.function(
+        lambda: model(preprocessed, training=False), autograph=False
+    )
 
     def serve_batch():
         serve(image_bytes=batch)["probabilities"].numpy()

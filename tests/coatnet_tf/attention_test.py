@@ -138,7 +138,7 @@ class RelativeAttentionTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(layer.relative_position_bias.dtype, tf.float32)
         self.assertEqual(layer.bias().dtype, tf.float32)
         graph = (
-            tf.function(lambda t: layer(t))
+            tf.function(lambda t: layer(t), autograph=False)
             .get_concrete_function(tf.TensorSpec([1, 2, 2, 8], tf.bfloat16))
             .graph
         )

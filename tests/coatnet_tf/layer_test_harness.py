@@ -88,7 +88,9 @@ class LayerTestCase(tf.test.TestCase, parameterized.TestCase):
         self._check_saved_model(layer, x, y, call_kwargs)
         if run_xla:
             fn = tf.function(
-                lambda t: layer(t, **call_kwargs), jit_compile=True
+                lambda t: layer(t, **call_kwargs),
+                jit_compile=True,
+                autograph=False,
             )
             self.assertAllClose(fn(x), y, atol=1e-4, rtol=1e-4)
             if "training" in call_kwargs:
@@ -96,6 +98,7 @@ class LayerTestCase(tf.test.TestCase, parameterized.TestCase):
                 train = tf.function(
                     lambda t: layer(t, **{**call_kwargs, "training": True}),
                     jit_compile=True,
+                    autograph=False,
                 )
                 out = train(x).numpy()
                 self.assertEqual(out.shape, tuple(expected_output_shape))
@@ -268,6 +271,7 @@ class LayerTestCase(tf.test.TestCase, parameterized.TestCase):
         module.call = tf.function(
             lambda t: layer(t, **call_kwargs),
             input_signature=[tf.TensorSpec([None, *x.shape[1:]], x.dtype)],
+            autograph=False,
         )
         path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), "sm")
         tf.saved_model.save(module, path)

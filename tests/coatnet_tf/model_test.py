@@ -155,7 +155,9 @@ class TinyModelTest(tf.test.TestCase, parameterized.TestCase):
                 )
             return loss, tape.gradient(loss, model.trainable_variables)
 
-        xla_loss, xla_grads = tf.function(step, jit_compile=True)(x, labels)
+        xla_loss, xla_grads = tf.function(
+            step, jit_compile=True, autograph=False
+        )(x, labels)
         loss, grads = step(x, labels)
         self.assertTrue(np.isfinite(xla_loss.numpy()))
         self.assertAllClose(xla_loss, loss, rtol=1e-4)

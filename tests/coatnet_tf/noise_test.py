@@ -73,7 +73,11 @@ class StochasticDepthTest(tf.test.TestCase):
         eager = masks(layer)
         x = tf.ones([64, 2, 2, 1])
         for jit in (False, True):
-            fn = tf.function(lambda t: layer(t, training=True), jit_compile=jit)
+            fn = tf.function(
+                lambda t: layer(t, training=True),
+                jit_compile=jit,
+                autograph=False,
+            )
             self.assertAllEqual(fn(x)[:, 0, 0, 0], eager)
             # A state set after tracing is read at run time.
             layer.noise_state.set(3, 5)

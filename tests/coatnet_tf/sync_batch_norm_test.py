@@ -39,7 +39,7 @@ def moving_variance_after_one_step(sync: bool) -> np.ndarray:
         value = tf.cast(ctx.replica_id_in_sync_group, tf.float32) + 1.0
         model(tf.fill([2, 32, 32, 3], value), training=True)
 
-    strategy.run(tf.function(replica_step))
+    strategy.run(tf.function(replica_step, autograph=False))
     return model.stem.norm0.moving_variance.numpy()
 
 
