@@ -199,6 +199,23 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
             tape.gradient(ours, x), tape.gradient(reference, x), atol=1e-6
         )
 
+    def test_sqrt2_gelu_of_scaled(self):
+        z = tf.linspace(-6.0, 6.0, 101)
+        expected = 2.0**0.5 * tf.nn.gelu(z, approximate=False)
+        u = z * cpu_ops.SQRT_HALF
+        self.assertAllClose(
+            cpu_ops.sqrt2_gelu_of_scaled(u), expected, atol=2e-6
+        )
+        # bfloat16 in, bfloat16 out, computed in float32: the float32
+        # value of the bfloat16 input, rounded once.
+        u16 = tf.cast(u, tf.bfloat16)
+        y16 = cpu_ops.sqrt2_gelu_of_scaled(u16)
+        self.assertEqual(y16.dtype, tf.bfloat16)
+        v = tf.cast(u16, tf.float32)
+        self.assertAllEqual(
+            y16, tf.cast(v * (1.0 + tf.math.erf(v)), tf.bfloat16)
+        )
+
 
 class FusedLayerTest(layer_test_harness.LayerTestCase):
     """Each fused layer equals its reference layer."""
