@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 
 from absl import app, flags
 
 from bench.cpu import bf16_support, cpu_info
+from bench.model_worker import timed
 
 _ROWS = flags.DEFINE_integer(
     "rows", 50176, "N: pixels of the batch (16 x 56 x 56)."
@@ -53,7 +53,7 @@ FORMS = (
 
 
 def _functions(tf, dtype, rows: int, depth: int, width: int) -> dict:
-    """{form: a tf.function computing x W + b in that form}."""
+    """{form: a tf.function computing x W (+ b, + GELU) in that form}."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -116,14 +116,7 @@ def measure(rows: int, depth: int, width: int, rounds: int, calls: int):
     for _ in range(rounds):
         for form in FORMS:
             for name in dtypes:
-                fn = fns[name][form]
-                start = time.perf_counter()
-                for _ in range(calls):
-                    out = fn()
-                out.numpy()
-                seconds[form, name].append(
-                    (time.perf_counter() - start) / calls
-                )
+                seconds[form, name].append(timed(fns[name][form], calls))
     flops = 2.0 * rows * depth * width
     report = {}
     for form in FORMS:

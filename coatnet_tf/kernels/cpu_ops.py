@@ -90,10 +90,8 @@ def sqrt2_gelu_of_scaled(u: tf.Tensor) -> tf.Tensor:
     Returns:
       sqrt(2) gelu(z), same shape and dtype.
     """
-    if u.dtype == tf.bfloat16:
-        v = tf.cast(u, tf.float32)
-        return tf.cast(v * (1.0 + tf.math.erf(v)), u.dtype)
-    return u * (1.0 + tf.math.erf(u))
+    v = tf.cast(u, tf.float32) if u.dtype == tf.bfloat16 else u
+    return tf.cast(v * (1.0 + tf.math.erf(v)), u.dtype)
 
 
 def row_halves(rows) -> int:
