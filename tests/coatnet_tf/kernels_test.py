@@ -199,6 +199,33 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
             tape.gradient(ours, x), tape.gradient(reference, x), atol=1e-6
         )
 
+    def test_gelu_bfloat16_computes_in_float32(self):
+        # bfloat16 in and out, computed in float32 from the bfloat16
+        # values and rounded once, forward and backward.
+        x = tf.cast(tf.linspace(-6.0, 6.0, 101), tf.bfloat16)
+        dy = tf.cast(tf.linspace(-2.0, 3.0, 101), tf.bfloat16)
+        x32, dy32 = tf.cast(x, tf.float32), tf.cast(dy, tf.float32)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x, x32])
+            ours = cpu_ops.gelu(x, approximate=False, training=True)
+            reference = tf.nn.gelu(x32, approximate=False)
+        self.assertEqual(ours.dtype, tf.bfloat16)
+        self.assertAllClose(
+            tf.cast(ours, tf.float32),
+            tf.cast(tf.cast(reference, tf.bfloat16), tf.float32),
+            atol=1e-6,  # As in float32: 0.5 + 0.5 erf(x) cancels below -5.
+            rtol=2**-8,  # One bfloat16 rounding of a float32 value.
+        )
+        grad = tape.gradient(ours, x, output_gradients=dy)
+        expected = tape.gradient(reference, x32, output_gradients=dy32)
+        self.assertEqual(grad.dtype, tf.bfloat16)
+        self.assertAllClose(
+            tf.cast(grad, tf.float32),
+            tf.cast(tf.cast(expected, tf.bfloat16), tf.float32),
+            atol=1e-6,
+            rtol=2**-8,
+        )
+
     def test_sqrt2_gelu_of_scaled(self):
         z = tf.linspace(-6.0, 6.0, 101)
         expected = 2.0**0.5 * tf.nn.gelu(z, approximate=False)
