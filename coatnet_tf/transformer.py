@@ -12,12 +12,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf.layers import (
-    DENSE_INIT,
-    build_sublayers,
-    gelu,
-    max_pool_2x2,
-)
+from coatnet_tf.layers import DENSE_INIT, gelu, max_pool_2x2
 from coatnet_tf.noise import StochasticDepth
 from coatnet_tf.relative_position import RelativeAttention
 
@@ -155,31 +150,16 @@ class TransformerBlock(tf_keras.layers.Layer):
                 kernel_initializer=DENSE_INIT,
                 name="shortcut_proj",
             )
-        input_shape = tf.TensorShape(input_shape)
-        build_sublayers(
-            [
-                (self.attn_norm, input_shape),
-                (self.ffn_norm, input_shape[:-1] + [self.hidden_size]),
-            ]
-        )
         super().build(input_shape)
 
-    def normalize(self, norm, x: tf.Tensor, training=None) -> tf.Tensor:
-        """`norm(x)` for attn_norm and ffn_norm."""
-        del training  # The same function in training and inference.
-        return norm(x)
-
     def call(self, inputs, training=None):
-        shortcut = inputs
-        x = self.normalize(self.attn_norm, inputs, training)
+        shortcut, x = inputs, self.attn_norm(inputs)
         if self.stride == 2:
             shortcut, x = max_pool_2x2(shortcut), max_pool_2x2(x)
         if self.shortcut_proj is not None:
             shortcut = self.shortcut_proj(shortcut)
         x = shortcut + self.drop_path(self.attention(x), training=training)
-        y = self.ffn(
-            self.normalize(self.ffn_norm, x, training), training=training
-        )
+        y = self.ffn(self.ffn_norm(x), training=training)
         # draw=1: the FFN branch's mask is independent of the attention's.
         return x + self.drop_path(y, training=training, draw=1)
 

@@ -35,7 +35,7 @@ _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
 # (forward) and 2.5 times (backward) as long as the same kernels on
 # float32 data; converted on load and store they take the float32 time
 # (an S1 activation of coatnet-0 at batch 16, AVX512_BF16: forward 16.0
-# -> 9.3 ms, backward 34.5 -> 17.4 ms; 7.2 and 14.5 ms on float32 data).
+# -> 8.4 ms, backward 34.5 -> 13.7 ms).
 @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
 def _gelu_forward(x: tf.Tensor) -> tf.Tensor:
     v = tf.cast(x, tf.float32)
@@ -78,73 +78,6 @@ def gelu(x: tf.Tensor, approximate: bool, training=False) -> tf.Tensor:
     if training and not approximate:
         return _gelu_exact_for_training(x)
     return layers.gelu(x, approximate)
-
-
-# The training LayerNorm, likewise as two XLA-fused kernels in float32:
-# unfused, its moments, normalization and gradient take ~12 element-wise
-# passes and reductions over the transformer's activations, plus casts
-# of them under mixed precision. Forward plus backward of one S3
-# LayerNorm of coatnet-0 at batch 16: 7.1 -> 5.3 ms in float32, 8.0 ->
-# 5.5 ms in bfloat16.
-@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
-def _layer_norm_forward(x, gamma, beta, epsilon):
-    v = tf.cast(x, tf.float32)
-    centered = v - tf.reduce_mean(v, axis=-1, keepdims=True)
-    variance = tf.reduce_mean(tf.square(centered), axis=-1, keepdims=True)
-    normalized = centered * tf.math.rsqrt(variance + epsilon)
-    return tf.cast(normalized * gamma + beta, x.dtype)
-
-
-@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
-def _layer_norm_backward(x, gamma, dy, epsilon):
-    # With n = (x - mean) r, r = 1 / sqrt(var + eps), g = dy gamma:
-    # dx = r (g - mean(g) - n mean(g n)), over the normalized axis.
-    c = tf.shape(x)[-1]
-    v = tf.reshape(tf.cast(x, tf.float32), [-1, c])
-    d = tf.reshape(tf.cast(dy, tf.float32), [-1, c])
-    centered = v - tf.reduce_mean(v, axis=-1, keepdims=True)
-    variance = tf.reduce_mean(tf.square(centered), axis=-1, keepdims=True)
-    inverse = tf.math.rsqrt(variance + epsilon)
-    normalized = centered * inverse
-    g = d * gamma
-    dx = inverse * (
-        g
-        - tf.reduce_mean(g, axis=-1, keepdims=True)
-        - normalized * tf.reduce_mean(g * normalized, axis=-1, keepdims=True)
-    )
-    dgamma = tf.reduce_sum(d * normalized, axis=0)
-    dbeta = tf.reduce_sum(d, axis=0)
-    return tf.cast(tf.reshape(dx, tf.shape(x)), x.dtype), dgamma, dbeta
-
-
-def layer_norm(
-    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float
-) -> tf.Tensor:
-    """LayerNorm over the last axis, for training: two XLA-fused kernels.
-
-    The values and gradients of tf_keras's `LayerNormalization` (which
-    also computes a bfloat16 input in float32), with the moments,
-    normalization and gradient each one fused kernel in float32 that
-    reads and writes the activations once.
-
-    Args:
-      x: [..., C], any float dtype.
-      gamma: [C] float32 scale.
-      beta: [C] float32 offset.
-      epsilon: added to the variance.
-
-    Returns:
-      The normalized x, its shape and dtype.
-    """
-
-    @tf.custom_gradient
-    def normalize(x, gamma, beta):
-        def grad(dy):
-            return _layer_norm_backward(x, gamma, dy, epsilon)
-
-        return _layer_norm_forward(x, gamma, beta, epsilon), grad
-
-    return normalize(x, gamma, beta)
 
 
 def sqrt2_gelu_of_scaled(u: tf.Tensor) -> tf.Tensor:

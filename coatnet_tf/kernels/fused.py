@@ -14,8 +14,8 @@ builds the model from these.
   expand_norm's statistics from the expansion's input
   (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels;
   at inference all three BatchNorms folded.
-- `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU and the
-  block's LayerNorms as XLA-fused kernels in training.
+- `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
+  XLA-fused kernels in training.
 
 Every path is proven equal to the reference in values, gradients and
 BatchNorm moving statistics by tests/coatnet_tf/kernels_test.py.
@@ -216,14 +216,9 @@ class FusedFeedForward(transformer.FeedForward):
 
 @_register
 class FusedTransformerBlock(transformer.TransformerBlock):
-    """`TransformerBlock` with `FusedFeedForward` and fused LayerNorms.
+    """`TransformerBlock` with `FusedFeedForward`.
 
     Args: those of `TransformerBlock`.
     """
 
     feed_forward_class = FusedFeedForward
-
-    def normalize(self, norm, x: tf.Tensor, training=None) -> tf.Tensor:
-        if not training:
-            return norm(x)
-        return cpu_ops.layer_norm(x, norm.gamma, norm.beta, norm.epsilon)
