@@ -33,9 +33,10 @@ _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
 # Both kernels compute in float32 and round once. Written in bfloat16,
 # XLA's CPU backend rounds after every op, and the kernels took twice
 # (forward) and 2.5 times (backward) as long as the same kernels on
-# float32 data; converted on load and store they take the float32 time
-# (an S1 activation of coatnet-0 at batch 16, AVX512_BF16: forward 16.0
-# -> 8.4 ms, backward 34.5 -> 13.7 ms).
+# float32 data; converted on load and store they come close to the
+# float32 time (an S1 activation of coatnet-0 at batch 16, AVX512_BF16:
+# forward 16.0 -> 9.3 ms, backward 34.5 -> 17.4 ms; 7.2 and 14.5 ms on
+# float32 data).
 @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
 def _gelu_forward(x: tf.Tensor) -> tf.Tensor:
     v = tf.cast(x, tf.float32)
