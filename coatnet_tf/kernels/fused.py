@@ -15,7 +15,9 @@ builds the model from these.
   (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels;
   at inference all three BatchNorms folded.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
-  XLA-fused kernels in training.
+  XLA-fused kernels in training; at inference the LayerNorms' affine maps
+  folded into the q, k, v projection and the FFN's expansion, with the
+  attention's q scale.
 
 Every path is proven equal to the reference in values, gradients and
 BatchNorm moving statistics by tests/coatnet_tf/kernels_test.py.
@@ -162,7 +164,7 @@ class FusedMBConvBlock(layers.MBConvBlock):
             u = tf.nn.depthwise_conv2d(x, depthwise * c, [1, 1, 1, 1], "SAME")
             u = tf.nn.bias_add(u, shift3 * c)
             x = cpu_ops.sqrt2_gelu_of_scaled(u)
-        return self._project(x, factor)
+        return self._project(x, factor, inference=True)
 
     def _expand_stats_from_input(self) -> bool:
         """Whether training takes expand_norm's statistics from its input.
@@ -187,17 +189,23 @@ class FusedMBConvBlock(layers.MBConvBlock):
         cpu_ops.assign_moving_average(norm, mean, variance, tf.size(x))
         return y
 
-    def _project(self, x, factor: float = 1.0):
-        """SE and the projection of `factor * x` (SE gate in the kernel)."""
+    def _project(self, x, factor: float = 1.0, inference: bool = False):
+        """SE and the projection of `factor * x` (SE gate in the kernel).
+
+        At inference the squeeze is a matmul (`cpu_ops.spatial_mean`).
+        """
         kernel = tf.cast(_matrix(self.project_conv), x.dtype)
         if factor != 1.0:
             kernel = kernel * tf.cast(factor, x.dtype)
         if self.se is None:
             y = cpu_ops.pixel_matmul(x, kernel)
         else:
-            squeezed = tf.reduce_mean(x, axis=[1, 2])  # [B, C]
-            if factor != 1.0:
-                squeezed = squeezed * tf.cast(factor, squeezed.dtype)
+            if inference:
+                squeezed = cpu_ops.spatial_mean(x, factor)  # [B, C]
+            else:
+                squeezed = tf.reduce_mean(x, axis=[1, 2])
+                if factor != 1.0:
+                    squeezed = squeezed * tf.cast(factor, squeezed.dtype)
             gate = self.se.gate(squeezed)
             y = cpu_ops.gated_pixel_matmul(x, gate, kernel)
         return tf.nn.bias_add(y, tf.cast(self.project_conv.bias, x.dtype))
@@ -216,9 +224,53 @@ class FusedFeedForward(transformer.FeedForward):
 
 @_register
 class FusedTransformerBlock(transformer.TransformerBlock):
-    """`TransformerBlock` with `FusedFeedForward`.
+    """`TransformerBlock` with `FusedFeedForward` and folded inference.
 
     Args: those of `TransformerBlock`.
     """
 
     feed_forward_class = FusedFeedForward
+
+    def call(self, inputs, training=None):
+        if training:
+            return super().call(inputs, training=training)
+        return self._folded_inference(inputs)
+
+    def _folded_inference(self, inputs):
+        """The block at inference, LayerNorm affines folded into matmuls.
+
+        Each LayerNorm only normalizes (`cpu_ops.normalize_rows`); its
+        gamma and beta fold into the matmul that reads it
+        (`cpu_ops.folded_dense`): the q, k, v projection, which also takes
+        the attention's 1 / sqrt(head_size) on its q columns, and the
+        FFN's expansion, which stays one matmul + bias + GELU for oneDNN.
+        At stride 2 a max pool lies between attn_norm and the projection,
+        and it does not commute with a negative gamma: that norm keeps its
+        affine map (`cpu_ops.layer_norm`).
+        """
+        attention, ffn, hidden = self.attention, self.ffn, self.hidden_size
+        q_scale = tf.concat(
+            [tf.fill([hidden], self.head_size**-0.5), tf.ones([2 * hidden])],
+            axis=0,
+        )
+        if self.stride == 2:
+            shortcut = layers.max_pool_2x2(inputs)
+            x = layers.max_pool_2x2(cpu_ops.layer_norm(inputs, self.attn_norm))
+            kernel, bias = cpu_ops.folded_dense(attention.qkv, None, q_scale)
+        else:
+            shortcut = inputs
+            x = cpu_ops.normalize_rows(inputs, self.attn_norm.epsilon)
+            kernel, bias = cpu_ops.folded_dense(
+                attention.qkv, self.attn_norm, q_scale
+            )
+        if self.shortcut_proj is not None:
+            shortcut = self.shortcut_proj(shortcut)
+        qkv = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel)
+        y = attention.attend(tf.nn.bias_add(qkv, bias), q_scaled=True)
+        x = shortcut + self.drop_path(y, training=False)
+        kernel, bias = cpu_ops.folded_dense(ffn.expand, self.ffn_norm)
+        y = cpu_ops.normalize_rows(x, self.ffn_norm.epsilon)
+        y = tf.matmul(tf.reshape(y, [-1, hidden]), kernel)
+        y = layers.gelu(tf.nn.bias_add(y, bias), self.gelu_approximate)
+        y = tf.reshape(ffn.shrink(y), tf.shape(x))
+        return x + self.drop_path(y, training=False, draw=1)
