@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf.layers import DENSE_INIT, build_sublayers
+from coatnet_tf.layers import DENSE_INIT
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
 
@@ -209,9 +209,6 @@ class RelativeAttention(tf_keras.layers.Layer):
             trainable=True,
             experimental_autocast=False,
         )
-        input_shape = tf.TensorShape(input_shape)
-        output = input_shape[:-1].concatenate([self.hidden_size])
-        build_sublayers(((self.qkv, input_shape), (self.out_proj, output)))
         super().build(input_shape)
 
     def bias(self) -> tf.Tensor:
@@ -225,29 +222,14 @@ class RelativeAttention(tf_keras.layers.Layer):
                 f"{self.name} attends over a {h}x{w} grid (its bias table "
                 f"shape), got input {inputs.shape}."
             )
-        x = tf.reshape(inputs, [-1, inputs.shape[-1]])  # [B*N, C_in]
-        return self.attend(self.qkv(x))
-
-    def attend(self, qkv: tf.Tensor, q_scaled: bool = False) -> tf.Tensor:
-        """Attention from the q, k, v projections onwards.
-
-        Args:
-          qkv: [B * N, 3 * hidden_size], `self.qkv` of the tokens.
-          q_scaled: q is already multiplied by head_size**-0.5 (a fused
-            path folds the factor into the projection's kernel).
-
-        Returns:
-          [B, H, W, hidden_size].
-        """
-        h, w = self.grid_size
         n, heads, d = h * w, self.num_heads, self.head_size
-        qkv = tf.reshape(qkv, [-1, n, 3, heads, d])
+        x = tf.reshape(inputs, [-1, inputs.shape[-1]])  # [B*N, C_in]
+        qkv = tf.reshape(self.qkv(x), [-1, n, 3, heads, d])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, heads, N, d]
         # unstack, not qkv[i]: its gradient is one stack, where three
         # slices would each scatter into a zero tensor of the full size.
         q, k, v = tf.unstack(qkv, 3)
-        if not q_scaled:
-            q = q * tf.cast(d**-0.5, q.dtype)
+        q = q * tf.cast(d**-0.5, q.dtype)
         logits = tf.matmul(q, k, transpose_b=True)  # [B, heads, N, N]
         logits = tf.cast(logits, tf.float32) + self.bias()
         probs = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)

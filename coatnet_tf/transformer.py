@@ -12,12 +12,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf.layers import (
-    DENSE_INIT,
-    build_sublayers,
-    gelu,
-    max_pool_2x2,
-)
+from coatnet_tf.layers import DENSE_INIT, gelu, max_pool_2x2
 from coatnet_tf.noise import StochasticDepth
 from coatnet_tf.relative_position import RelativeAttention
 
@@ -59,12 +54,6 @@ class FeedForward(tf_keras.layers.Layer):
         """The GELU between the two dense layers."""
         del training  # The same function in training and inference.
         return gelu(x, self.gelu_approximate)
-
-    def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        inner = input_shape[:-1].concatenate([self.expand.units])
-        build_sublayers(((self.expand, input_shape), (self.shrink, inner)))
-        super().build(input_shape)
 
     def call(self, inputs, training=None):
         shape = tf.shape(inputs)
@@ -155,25 +144,12 @@ class TransformerBlock(tf_keras.layers.Layer):
         self.shortcut_proj = None
 
     def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
         if int(input_shape[-1]) != self.hidden_size:
             self.shortcut_proj = tf_keras.layers.Dense(
                 self.hidden_size,
                 kernel_initializer=DENSE_INIT,
                 name="shortcut_proj",
             )
-        # Only the channel axis sizes the sublayers; pooling does not
-        # change it.
-        output = input_shape[:-1].concatenate([self.hidden_size])
-        build_sublayers(
-            (
-                (self.attn_norm, input_shape),
-                (self.shortcut_proj, input_shape),
-                (self.attention, input_shape),
-                (self.ffn_norm, output),
-                (self.ffn, output),
-            )
-        )
         super().build(input_shape)
 
     def call(self, inputs, training=None):

@@ -15,9 +15,7 @@ builds the model from these.
   (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels;
   at inference all three BatchNorms folded.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
-  XLA-fused kernels in training; at inference the LayerNorms' affine maps
-  folded into the q, k, v projection and the FFN's expansion, with the
-  attention's q scale.
+  XLA-fused kernels in training.
 
 Every path is proven equal to the reference in values, gradients and
 BatchNorm moving statistics by tests/coatnet_tf/kernels_test.py.
@@ -224,53 +222,9 @@ class FusedFeedForward(transformer.FeedForward):
 
 @_register
 class FusedTransformerBlock(transformer.TransformerBlock):
-    """`TransformerBlock` with `FusedFeedForward` and folded inference.
+    """`TransformerBlock` with `FusedFeedForward`.
 
     Args: those of `TransformerBlock`.
     """
 
     feed_forward_class = FusedFeedForward
-
-    def call(self, inputs, training=None):
-        if training:
-            return super().call(inputs, training=training)
-        return self._folded_inference(inputs)
-
-    def _folded_inference(self, inputs):
-        """The block at inference, LayerNorm affines folded into matmuls.
-
-        Each LayerNorm only normalizes (`cpu_ops.normalize_rows`); its
-        gamma and beta fold into the matmul that reads it
-        (`cpu_ops.folded_dense`): the q, k, v projection, which also takes
-        the attention's 1 / sqrt(head_size) on its q columns, and the
-        FFN's expansion, which stays one matmul + bias + GELU for oneDNN.
-        At stride 2 a max pool lies between attn_norm and the projection,
-        and it does not commute with a negative gamma: that norm keeps its
-        affine map (`cpu_ops.layer_norm`).
-        """
-        attention, ffn, hidden = self.attention, self.ffn, self.hidden_size
-        q_scale = tf.concat(
-            [tf.fill([hidden], self.head_size**-0.5), tf.ones([2 * hidden])],
-            axis=0,
-        )
-        if self.stride == 2:
-            shortcut = layers.max_pool_2x2(inputs)
-            x = layers.max_pool_2x2(cpu_ops.layer_norm(inputs, self.attn_norm))
-            kernel, bias = cpu_ops.folded_dense(attention.qkv, None, q_scale)
-        else:
-            shortcut = inputs
-            x = cpu_ops.normalize_rows(inputs, self.attn_norm.epsilon)
-            kernel, bias = cpu_ops.folded_dense(
-                attention.qkv, self.attn_norm, q_scale
-            )
-        if self.shortcut_proj is not None:
-            shortcut = self.shortcut_proj(shortcut)
-        qkv = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel)
-        y = attention.attend(tf.nn.bias_add(qkv, bias), q_scaled=True)
-        x = shortcut + self.drop_path(y, training=False)
-        kernel, bias = cpu_ops.folded_dense(ffn.expand, self.ffn_norm)
-        y = cpu_ops.normalize_rows(x, self.ffn_norm.epsilon)
-        y = tf.matmul(tf.reshape(y, [-1, hidden]), kernel)
-        y = layers.gelu(tf.nn.bias_add(y, bias), self.gelu_approximate)
-        y = tf.reshape(ffn.shrink(y), tf.shape(x))
-        return x + self.drop_path(y, training=False, draw=1)

@@ -7,7 +7,6 @@ BatchNorm moving statistics, in float32 and mixed_bfloat16.
 """
 
 import tensorflow as tf
-import tf_keras
 from absl.testing import parameterized
 
 import coatnet_tf
@@ -243,49 +242,6 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllEqual(
             y16, tf.cast(v * (1.0 + tf.math.erf(v)), tf.bfloat16)
         )
-
-    def _layer_norm(self, shape):
-        width = shape[-1]
-        norm = tf_keras.layers.LayerNormalization(epsilon=1e-5)
-        norm.build(shape)
-        norm.gamma.assign(tf.random.stateless_normal([width], seed=[1, 2]))
-        norm.beta.assign(tf.random.stateless_normal([width], seed=[3, 4]))
-        return norm
-
-    def test_layer_norm_and_folded_dense(self):
-        x = tf.random.stateless_normal([2, 3, 5, 16], seed=[7, 8]) * 3 + 1
-        norm = self._layer_norm(x.shape)
-        self.assertAllClose(cpu_ops.layer_norm(x, norm), norm(x), atol=1e-5)
-        dense = tf_keras.layers.Dense(6, bias_initializer="ones")
-        dense.build([None, 16])
-        scale = tf.constant([0.5, 1.0, 2.0, 1.0, 1.0, 3.0])
-        kernel, bias = cpu_ops.folded_dense(dense, norm, scale)
-        folded = tf.nn.bias_add(
-            tf.matmul(
-                tf.reshape(cpu_ops.normalize_rows(x, 1e-5), [-1, 16]), kernel
-            ),
-            bias,
-        )
-        want = dense(tf.reshape(norm(x), [-1, 16])) * scale
-        self.assertAllClose(folded, want, atol=1e-5)
-        kernel, bias = cpu_ops.folded_dense(dense)
-        self.assertAllEqual(kernel, dense.kernel)
-        self.assertAllEqual(bias, dense.bias)
-
-    def test_layer_norm_bfloat16_computes_in_float32(self):
-        x = tf.random.stateless_normal([4, 32], seed=[9, 9]) * 50 + 300
-        norm = self._layer_norm(x.shape)
-        x16 = tf.cast(x, tf.bfloat16)
-        self.assertEqual(cpu_ops.layer_norm(x16, norm).dtype, tf.bfloat16)
-        want = norm(tf.cast(x16, tf.float32))
-        for ours in (
-            cpu_ops.layer_norm(x16, norm),
-            tf.cast(cpu_ops.normalize_rows(x16, 1e-5), tf.float32) * norm.gamma
-            + norm.beta,
-        ):
-            self.assertAllClose(
-                tf.cast(ours, tf.float32), want, atol=1e-2, rtol=2**-7
-            )
 
     def test_spatial_mean(self):
         x = tf.random.stateless_normal([3, 5, 7, 4], seed=[5, 6])
