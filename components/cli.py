@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from absl import flags
@@ -85,6 +85,52 @@ def read_input_artifact(uri: str, type_name: str, flag: str) -> base.Artifact:
         return base.Artifact.read(resolve_user_path(uri), type_name)
     except base.ArtifactError as e:
         raise ValueError(f"--{flag}: {e}") from e
+
+
+def read_input_artifacts(
+    flags_by_input: Mapping[str, tuple[Any, str]],
+    optional: Collection[str] = (),
+) -> dict[str, base.Artifact]:
+    """Reads the input artifacts a component binary's flags name.
+
+    Args:
+      flags_by_input: {input key: (absl flag holder, artifact type)}.
+      optional: input keys that may be left out: their flag is empty.
+
+    Returns:
+      {input key: artifact}, without the optional inputs not given.
+
+    Raises:
+      ValueError: a required flag is empty, or a flag does not point at
+        an artifact of its type (`read_input_artifact`).
+    """
+    return {
+        key: read_input_artifact(holder.value, type_name, holder.name)
+        for key, (holder, type_name) in flags_by_input.items()
+        if holder.value or key not in optional
+    }
+
+
+def component_config(
+    config_class: type, values: Mapping[str, Any], set_items: Sequence[str]
+) -> Any:
+    """A component's typed config: `values`, then the --set overrides.
+
+    Args:
+      config_class: the config dataclass.
+      values: fields from --config_file and the binary's own flags.
+      set_items: the --set flag's "field=value" items.
+
+    Returns:
+      The validated config.
+
+    Raises:
+      ValueError: an unknown field, a bad value or a malformed --set.
+    """
+    return base.apply_overrides(
+        base.config_from_json(config_class, values),
+        parse_set_flags(set_items),
+    )
 
 
 def load_config_overrides(path: str) -> Mapping[str, Any]:

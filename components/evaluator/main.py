@@ -68,16 +68,14 @@ def build_config() -> tuple[evaluator.EvaluatorConfig, dict]:
     thresholds = blessing_lib.parse_thresholds(_VALUE.value, _CHANGE.value)
     if thresholds:
         values["thresholds"] = list(thresholds)
-    inputs = {
-        "examples": cli.read_input_artifact(
-            _EXAMPLES.value, base.EXAMPLES, "examples"
-        ),
-        "model": cli.read_input_artifact(_MODEL.value, base.MODEL, "model"),
-    }
-    if _BASELINE.value:
-        inputs["baseline_model"] = cli.read_input_artifact(
-            _BASELINE.value, base.MODEL, "baseline_model"
-        )
+    inputs = cli.read_input_artifacts(
+        {
+            "examples": (_EXAMPLES, base.EXAMPLES),
+            "model": (_MODEL, base.MODEL),
+            "baseline_model": (_BASELINE, base.MODEL),
+        },
+        optional=("baseline_model",),
+    )
     if len(_EXTRA.value) > len(evaluator.EXTRA_INPUTS):
         raise ValueError(
             f"At most {len(evaluator.EXTRA_INPUTS)} --extra_examples."
@@ -98,10 +96,7 @@ def build_config() -> tuple[evaluator.EvaluatorConfig, dict]:
     if names:
         values["extra_names"] = names
         values["extra_splits"] = splits
-    config = base.apply_overrides(
-        base.config_from_json(evaluator.EvaluatorConfig, values),
-        cli.parse_set_flags(_SET.value),
-    )
+    config = cli.component_config(evaluator.EvaluatorConfig, values, _SET.value)
     return config, inputs
 
 

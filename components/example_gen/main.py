@@ -164,10 +164,7 @@ def build_config(passthrough: list[str]) -> config_lib.ExampleGenConfig:
         *shlex.split(FLAGS.beam_pipeline_args),
         *passthrough,
     )
-    config = base.apply_overrides(
-        base.config_from_json(config_lib.ExampleGenConfig, data),
-        cli.parse_set_flags(FLAGS.set),
-    )
+    config = cli.component_config(config_lib.ExampleGenConfig, data, FLAGS.set)
     config.validate()
     return config
 

@@ -84,21 +84,16 @@ def build_config() -> tuple[exporter.ExporterConfig, dict]:
     )
     if _BATCHES.value is not None:
         values["warmup_batch_sizes"] = [int(b) for b in _BATCHES.value]
-    inputs = {
-        "model": cli.read_input_artifact(_MODEL.value, base.MODEL, "model")
-    }
-    if _BLESSING.value:
-        inputs["blessing"] = cli.read_input_artifact(
-            _BLESSING.value, base.MODEL_BLESSING, "blessing"
-        )
-    if _EXAMPLES.value:
-        inputs["examples"] = cli.read_input_artifact(
-            _EXAMPLES.value, base.EXAMPLES, "examples"
-        )
-    return base.apply_overrides(
-        base.config_from_json(exporter.ExporterConfig, values),
-        cli.parse_set_flags(_SET.value),
-    ), inputs
+    inputs = cli.read_input_artifacts(
+        {
+            "model": (_MODEL, base.MODEL),
+            "blessing": (_BLESSING, base.MODEL_BLESSING),
+            "examples": (_EXAMPLES, base.EXAMPLES),
+        },
+        optional=("blessing", "examples"),
+    )
+    config = cli.component_config(exporter.ExporterConfig, values, _SET.value)
+    return config, inputs
 
 
 def main(argv):

@@ -54,20 +54,15 @@ def build_config() -> tuple[pusher.PusherConfig, dict]:
             }
         )
     )
-    inputs = {
-        "model": cli.read_input_artifact(_MODEL.value, base.MODEL, "model"),
-        "blessing": cli.read_input_artifact(
-            _BLESSING.value, base.MODEL_BLESSING, "blessing"
-        ),
-    }
-    if _INFRA.value:
-        inputs["infra_blessing"] = cli.read_input_artifact(
-            _INFRA.value, base.MODEL_BLESSING, "infra_blessing"
-        )
-    return base.apply_overrides(
-        base.config_from_json(pusher.PusherConfig, values),
-        cli.parse_set_flags(_SET.value),
-    ), inputs
+    inputs = cli.read_input_artifacts(
+        {
+            "model": (_MODEL, base.MODEL),
+            "blessing": (_BLESSING, base.MODEL_BLESSING),
+            "infra_blessing": (_INFRA, base.MODEL_BLESSING),
+        },
+        optional=("infra_blessing",),
+    )
+    return cli.component_config(pusher.PusherConfig, values, _SET.value), inputs
 
 
 def main(argv):

@@ -13,6 +13,27 @@ from absl import flags
 from components import base, cli
 
 
+@dataclasses.dataclass(frozen=True)
+class _MarkConfig:
+    text: str = "x"
+
+
+class _Mark(base.Component):
+    """Writes its config's text into its one output."""
+
+    SPEC = base.ComponentSpec(
+        name="Mark",
+        inputs={},
+        outputs={"marked": base.MODEL},
+        config_type=_MarkConfig,
+    )
+
+    def run(self, inputs, outputs, config):
+        with open(os.path.join(outputs["marked"].uri, "mark.txt"), "w") as f:
+            f.write(config.text)
+        outputs["marked"].properties["chars"] = len(config.text)
+
+
 class CliTest(tf.test.TestCase):
     def test_relative_path_uses_build_working_directory(self):
         with mock.patch.dict(os.environ, {"BUILD_WORKING_DIRECTORY": "/u/me"}):
@@ -54,6 +75,32 @@ class CliTest(tf.test.TestCase):
         empty = self.create_tempdir().full_path
         with self.assertRaisesRegex(ValueError, "--examples: .*not an"):
             cli.read_input_artifact(empty, base.EXAMPLES, "examples")
+
+    def test_read_input_artifacts_leaves_out_empty_optional_flags(self):
+        values = flags.FlagValues()
+        model = flags.DEFINE_string("model", "", "", flag_values=values)
+        extra = flags.DEFINE_string("baseline", "", "", flag_values=values)
+        uri = self.create_tempdir().full_path
+        base.Artifact(base.MODEL, uri).write()
+        values(["prog", f"--model={uri}"])
+        spec = {"model": (model, base.MODEL), "old": (extra, base.MODEL)}
+        inputs = cli.read_input_artifacts(spec, optional=("old",))
+        self.assertEqual(list(inputs), ["model"])
+        self.assertEqual(inputs["model"].uri, uri)
+        # Required and empty: the error names the flag.
+        with self.assertRaisesRegex(ValueError, "--baseline is required"):
+            cli.read_input_artifacts(spec)
+        values["baseline"].value = self.create_tempdir().full_path
+        with self.assertRaisesRegex(ValueError, "--baseline: .*not an"):
+            cli.read_input_artifacts(spec, optional=("old",))
+
+    def test_component_config_applies_set_after_values(self):
+        config = cli.component_config(
+            _MarkConfig, {"text": "from file"}, ["text=from set"]
+        )
+        self.assertEqual(config, _MarkConfig(text="from set"))
+        with self.assertRaisesRegex(ValueError, "--set='text'"):
+            cli.component_config(_MarkConfig, {}, ["text"])
 
     def test_given_keeps_only_flags_the_user_set(self):
         values = flags.FlagValues()
@@ -98,27 +145,6 @@ class CliTest(tf.test.TestCase):
                 cli.run_component(
                     _Mark(), {}, _MarkConfig(), f"{src}/o", ["marked"]
                 )
-
-
-@dataclasses.dataclass(frozen=True)
-class _MarkConfig:
-    text: str = "x"
-
-
-class _Mark(base.Component):
-    """Writes its config's text into its one output."""
-
-    SPEC = base.ComponentSpec(
-        name="Mark",
-        inputs={},
-        outputs={"marked": base.MODEL},
-        config_type=_MarkConfig,
-    )
-
-    def run(self, inputs, outputs, config):
-        with open(os.path.join(outputs["marked"].uri, "mark.txt"), "w") as f:
-            f.write(config.text)
-        outputs["marked"].properties["chars"] = len(config.text)
 
     def test_set_flags_parse_and_name_the_flag(self):
         self.assertEqual(
