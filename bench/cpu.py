@@ -33,8 +33,10 @@ def bf16_support(isa) -> str:
 
     Returns:
       "amx" (AMX-BF16 tiles, bf16 matmul peak about 4x fp32),
-      "avx512_bf16" (about 2x), or "none": bf16 is emulated, slower than
-      fp32, and bf16 speed cannot be judged on this CPU.
+      "avx512_bf16" (about 2x on AMD EPYC, but 0.63x on Intel cores with
+      AMX off: the flag alone does not tell, the measured peaks do), or
+      "none": bf16 is emulated, slower than fp32, and bf16 speed cannot
+      be judged on this CPU.
     """
     isa = set(isa or ())
     if "amx_bf16" in isa:

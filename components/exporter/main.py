@@ -40,8 +40,9 @@ _PRECISION = flags.DEFINE_enum(
     "serving_precision",
     None,
     list(serving_model.SERVING_PRECISIONS),
-    "What the exported model computes in; bfloat16 only pays on hardware "
-    "with native bfloat16 math (AVX512_BF16, AMX, TPU).",
+    "What the exported model computes in; bfloat16 pays only where the "
+    "serving hosts' bf16 matmuls outrun float32 (AMX, TPU, AVX512_BF16 on "
+    "AMD EPYC; model_bench's peak_gflops tells).",
 )
 _MAX_TOP1_DROP = flags.DEFINE_float(
     "max_top1_drop",
