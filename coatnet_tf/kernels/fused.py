@@ -13,7 +13,7 @@ builds the model from these.
   squeeze-excitation gate folded into the projection kernel; in training
   expand_norm's statistics from the expansion's input
   (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels;
-  at inference all three BatchNorms folded.
+  at inference all three BatchNorms folded and the SE squeeze a matmul.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
   XLA-fused kernels in training.
 
