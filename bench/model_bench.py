@@ -186,13 +186,11 @@ def goals(entries: dict, peaks: dict, isa, measured: dict) -> dict:
             "median": speedup["median"],
         }
         if support in BF16_TARGETS:
-            target = BF16_TARGETS[support][kind]
+            target = check["target"] = BF16_TARGETS[support][kind]
             if ratio >= target:
-                met = speedup["median"] >= target
-                check.update(target=target, **judged(met))
+                check.update(judged(speedup["median"] >= target))
             else:
                 check.update(
-                    target=target,
                     met=None,
                     status=f"{NOT_MEASURABLE}: its bf16 matmul peak "
                     f"measured {ratio:.2f}x fp32, below the {target}x "
