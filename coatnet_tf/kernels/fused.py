@@ -59,6 +59,18 @@ def _sampled(conv, x: tf.Tensor) -> tf.Tensor:
     return cpu_ops.subsample_2x(x) if conv.strides[0] == 2 else x
 
 
+def _bias_gelu(x: tf.Tensor, bias: tf.Tensor, approximate: bool):
+    """gelu(x + bias) at inference, bias per channel, in two oneDNN ops.
+
+    The bias joins the conv before it as a fused bias add, all but its
+    mean, which goes to `cpu_ops.gelu_pass` as the shift its fusion needs.
+    """
+    shift = tf.reduce_mean(bias)
+    return cpu_ops.gelu_pass(
+        tf.nn.bias_add(x, bias - shift), shift, approximate
+    )
+
+
 @_register
 class FusedConvStem(layers.ConvStem):
     """`ConvStem` with matmul-based conv gradients and folded inference.
@@ -67,7 +79,7 @@ class FusedConvStem(layers.ConvStem):
     """
 
     def call(self, inputs, training=None):
-        if training or self.gelu_approximate:
+        if training:
             x = cpu_ops.conv3x3_stride2(inputs, _kernel(self.conv0))
             x = tf.nn.bias_add(x, self.conv0.bias)
             x = self.norm0(x, training=training)
@@ -75,21 +87,15 @@ class FusedConvStem(layers.ConvStem):
             x = cpu_ops.conv3x3_same(x, _kernel(self.conv1))
             return tf.nn.bias_add(x, self.conv1.bias)
         # Inference. Moving statistics make norm0 affine: fold it into
-        # conv0, scaled by c = 1 / sqrt(2) for `sqrt2_gelu_of_scaled`; the
-        # last c goes into conv1's kernel.
-        dtype = inputs.dtype
-        scale, shift = cpu_ops.batch_norm_affine(self.norm0, dtype)
-        c = tf.cast(cpu_ops.SQRT_HALF, dtype)
+        # conv0, and run the GELU as one oneDNN pass.
+        scale, shift = cpu_ops.batch_norm_affine(self.norm0, inputs.dtype)
         u = tf.nn.conv2d(
-            inputs, self.conv0.kernel * (scale * c), strides=2, padding="SAME"
+            inputs, self.conv0.kernel * scale, strides=2, padding="SAME"
         )
-        u = tf.nn.bias_add(u, (self.conv0.bias * scale + shift) * c)
-        x = tf.nn.conv2d(
-            cpu_ops.sqrt2_gelu_of_scaled(u),
-            self.conv1.kernel * c,
-            strides=1,
-            padding="SAME",
+        x = _bias_gelu(
+            u, self.conv0.bias * scale + shift, self.gelu_approximate
         )
+        x = tf.nn.conv2d(x, self.conv1.kernel, strides=1, padding="SAME")
         return tf.nn.bias_add(x, self.conv1.bias)
 
 
@@ -131,11 +137,8 @@ class FusedMBConvBlock(layers.MBConvBlock):
         runs as one matmul + bias + GELU (a single fused oneDNN op), and
         depthwise_norm folds into the depthwise kernel plus a bias.
 
-        The depthwise GELU has no fused kernel: the depthwise kernel and
-        bias are scaled for `cpu_ops.sqrt2_gelu_of_scaled` (three passes
-        over S1's and S2's largest maps instead of five), and the
-        remaining 1 / sqrt(2) folds into the SE mean and the projection
-        kernel.
+        The depthwise GELU has no fused kernel after the conv; it runs
+        as one oneDNN pass (`cpu_ops.gelu_pass`).
         """
         dtype = inputs.dtype
         scale1, shift1 = cpu_ops.batch_norm_affine(self.pre_norm, dtype)
@@ -152,17 +155,9 @@ class FusedMBConvBlock(layers.MBConvBlock):
         x = layers.gelu(tf.nn.bias_add(x, bias), self.gelu_approximate)
         x = tf.reshape(x, tf.concat([shape[:3], [kernel.shape[1]]], 0))
         depthwise = self.depthwise_conv.depthwise_kernel * scale3[:, None]
-        if self.gelu_approximate:
-            x = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
-            x = layers.gelu(tf.nn.bias_add(x, shift3), approximate=True)
-            factor = 1.0
-        else:
-            factor = cpu_ops.SQRT_HALF
-            c = tf.cast(factor, dtype)
-            u = tf.nn.depthwise_conv2d(x, depthwise * c, [1, 1, 1, 1], "SAME")
-            u = tf.nn.bias_add(u, shift3 * c)
-            x = cpu_ops.sqrt2_gelu_of_scaled(u)
-        return self._project(x, factor, inference=True)
+        x = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
+        x = _bias_gelu(x, shift3, self.gelu_approximate)
+        return self._project(x, inference=True)
 
     def _expand_stats_from_input(self) -> bool:
         """Whether training takes expand_norm's statistics from its input.
@@ -187,23 +182,19 @@ class FusedMBConvBlock(layers.MBConvBlock):
         cpu_ops.assign_moving_average(norm, mean, variance, tf.size(x))
         return y
 
-    def _project(self, x, factor: float = 1.0, inference: bool = False):
-        """SE and the projection of `factor * x` (SE gate in the kernel).
+    def _project(self, x, inference: bool = False):
+        """SE and the projection of x (the SE gate in the kernel).
 
         At inference the squeeze is a matmul (`cpu_ops.spatial_mean`).
         """
         kernel = tf.cast(_matrix(self.project_conv), x.dtype)
-        if factor != 1.0:
-            kernel = kernel * tf.cast(factor, x.dtype)
         if self.se is None:
             y = cpu_ops.pixel_matmul(x, kernel)
         else:
             if inference:
-                squeezed = cpu_ops.spatial_mean(x, factor)  # [B, C]
+                squeezed = cpu_ops.spatial_mean(x)  # [B, C]
             else:
                 squeezed = tf.reduce_mean(x, axis=[1, 2])
-                if factor != 1.0:
-                    squeezed = squeezed * tf.cast(factor, squeezed.dtype)
             gate = self.se.gate(squeezed)
             y = cpu_ops.gated_pixel_matmul(x, gate, kernel)
         return tf.nn.bias_add(y, tf.cast(self.project_conv.bias, x.dtype))
