@@ -171,6 +171,9 @@ class RelativeAttention(tf_keras.layers.Layer):
       **kwargs: base `Layer` arguments.
     """
 
+    # The projections' class; `coatnet_tf.kernels` swaps in its own.
+    dense_class = tf_keras.layers.Dense
+
     def __init__(
         self,
         hidden_size: int,
@@ -190,10 +193,10 @@ class RelativeAttention(tf_keras.layers.Layer):
         self.num_heads = hidden_size // head_size
         # One matmul for q, k and v: [C_in, 3 * hidden] (same parameters as
         # three projections).
-        self.qkv = tf_keras.layers.Dense(
+        self.qkv = self.dense_class(
             3 * hidden_size, kernel_initializer=DENSE_INIT, name="qkv"
         )
-        self.out_proj = tf_keras.layers.Dense(
+        self.out_proj = self.dense_class(
             hidden_size, kernel_initializer=DENSE_INIT, name="out_proj"
         )
         self.relative_position_bias = None

@@ -30,6 +30,9 @@ class FeedForward(tf_keras.layers.Layer):
       **kwargs: base `Layer` arguments.
     """
 
+    # The dense layers' class; `coatnet_tf.kernels` swaps in its own.
+    dense_class = tf_keras.layers.Dense
+
     def __init__(
         self,
         hidden_size: int,
@@ -41,12 +44,12 @@ class FeedForward(tf_keras.layers.Layer):
         self.hidden_size = hidden_size
         self.expansion = expansion
         self.gelu_approximate = gelu_approximate
-        self.expand = tf_keras.layers.Dense(
+        self.expand = self.dense_class(
             expansion * hidden_size,
             kernel_initializer=DENSE_INIT,
             name="expand",
         )
-        self.shrink = tf_keras.layers.Dense(
+        self.shrink = self.dense_class(
             hidden_size, kernel_initializer=DENSE_INIT, name="shrink"
         )
 
@@ -98,8 +101,10 @@ class TransformerBlock(tf_keras.layers.Layer):
       **kwargs: base `Layer` arguments.
     """
 
-    # The FFN's class; `coatnet_tf.kernels` swaps in its fused GELU.
+    # The sublayers' classes; `coatnet_tf.kernels` swaps in its own.
     feed_forward_class = FeedForward
+    attention_class = RelativeAttention
+    dense_class = tf_keras.layers.Dense
 
     def __init__(
         self,
@@ -129,7 +134,7 @@ class TransformerBlock(tf_keras.layers.Layer):
         self.attn_norm = tf_keras.layers.LayerNormalization(
             epsilon=ln_epsilon, name="attn_norm"
         )
-        self.attention = RelativeAttention(
+        self.attention = self.attention_class(
             hidden_size, head_size, self.grid_size, name="attention"
         )
         self.ffn_norm = tf_keras.layers.LayerNormalization(
@@ -145,7 +150,7 @@ class TransformerBlock(tf_keras.layers.Layer):
 
     def build(self, input_shape):
         if int(input_shape[-1]) != self.hidden_size:
-            self.shortcut_proj = tf_keras.layers.Dense(
+            self.shortcut_proj = self.dense_class(
                 self.hidden_size,
                 kernel_initializer=DENSE_INIT,
                 name="shortcut_proj",

@@ -8,14 +8,18 @@ builds the model from these.
 
 - `FusedConvStem`: its 3x3 convs with matmul-based gradients
   (`cpu_ops.conv3x3_stride2`, `cpu_ops.conv3x3_same`); at inference norm0
-  folded into conv0 and the GELU computed in three passes.
+  folded into conv0 and the GELU one oneDNN pass (`cpu_ops.gelu_pass`).
 - `FusedMBConvBlock`: 1x1 convs as matmuls over pixels, the
   squeeze-excitation gate folded into the projection kernel; in training
   expand_norm's statistics from the expansion's input
   (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels;
-  at inference all three BatchNorms folded and the SE squeeze a matmul.
+  at inference all three BatchNorms folded, the depthwise GELU one
+  oneDNN pass and the SE squeeze a matmul.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
-  XLA-fused kernels in training.
+  XLA-fused kernels in training, and every dense layer a `FusedDense`.
+- In training every bias gradient over pixels or tokens is a matmul
+  (`cpu_ops.bias_add`): TensorFlow's CPU kernel sums a bfloat16 one in
+  bfloat16.
 
 Every path is proven equal to the reference in values, gradients and
 BatchNorm moving statistics by tests/coatnet_tf/kernels_test.py.
@@ -26,7 +30,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf import layers, transformer
+from coatnet_tf import layers, relative_position, transformer
 from coatnet_tf.kernels import cpu_ops
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
@@ -46,11 +50,11 @@ def _matrix(conv) -> tf.Tensor:
     return cpu_ops.kernel_matrix(_kernel(conv))
 
 
-def _conv1x1(conv, x: tf.Tensor) -> tf.Tensor:
+def _conv1x1(conv, x: tf.Tensor, training=None) -> tf.Tensor:
     """`conv(x)` for a 1x1 `Conv2D`, as one matmul over pixels."""
     y = cpu_ops.conv1x1(x, _kernel(conv), conv.strides[0])
     if conv.use_bias:
-        y = tf.nn.bias_add(y, conv.bias)
+        y = cpu_ops.bias_add(y, conv.bias, training)
     return y
 
 
@@ -81,11 +85,11 @@ class FusedConvStem(layers.ConvStem):
     def call(self, inputs, training=None):
         if training:
             x = cpu_ops.conv3x3_stride2(inputs, _kernel(self.conv0))
-            x = tf.nn.bias_add(x, self.conv0.bias)
+            x = cpu_ops.bias_add(x, self.conv0.bias, training)
             x = self.norm0(x, training=training)
             x = cpu_ops.gelu(x, self.gelu_approximate, training)
             x = cpu_ops.conv3x3_same(x, _kernel(self.conv1))
-            return tf.nn.bias_add(x, self.conv1.bias)
+            return cpu_ops.bias_add(x, self.conv1.bias, training)
         # Inference. Moving statistics make norm0 affine: fold it into
         # conv0, and run the GELU as one oneDNN pass.
         scale, shift = cpu_ops.batch_norm_affine(self.norm0, inputs.dtype)
@@ -106,11 +110,11 @@ class FusedMBConvBlock(layers.MBConvBlock):
     Args: those of `MBConvBlock`.
     """
 
-    def shortcut(self, inputs: tf.Tensor) -> tf.Tensor:
+    def shortcut(self, inputs: tf.Tensor, training=None) -> tf.Tensor:
         if self.stride == 2:
             inputs = layers.max_pool_2x2(inputs)
         if self.shortcut_proj is not None:
-            inputs = _conv1x1(self.shortcut_proj, inputs)
+            inputs = _conv1x1(self.shortcut_proj, inputs, training)
         return inputs
 
     def call(self, inputs, training=None):
@@ -120,14 +124,15 @@ class FusedMBConvBlock(layers.MBConvBlock):
         if self._expand_stats_from_input():
             x = self._normalized_expansion(x)
         else:
-            x = _conv1x1(self.expand_conv, x)
+            x = _conv1x1(self.expand_conv, x, training)
             x = self.expand_norm(x, training=training)
         x = cpu_ops.gelu(x, self.gelu_approximate, training)
         x = self.depthwise_conv(x)
         x = self.depthwise_norm(x, training=training)
         x = cpu_ops.gelu(x, self.gelu_approximate, training)
-        x = self._project(x)
-        return self.shortcut(inputs) + self.drop_path(x, training=training)
+        x = self._project(x, training=True)
+        shortcut = self.shortcut(inputs, training=True)
+        return shortcut + self.drop_path(x, training=training)
 
     def _folded_inference(self, inputs):
         """The residual branch at inference, BatchNorms folded.
@@ -157,7 +162,7 @@ class FusedMBConvBlock(layers.MBConvBlock):
         depthwise = self.depthwise_conv.depthwise_kernel * scale3[:, None]
         x = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
         x = _bias_gelu(x, shift3, self.gelu_approximate)
-        return self._project(x, inference=True)
+        return self._project(x, training=False)
 
     def _expand_stats_from_input(self) -> bool:
         """Whether training takes expand_norm's statistics from its input.
@@ -182,7 +187,7 @@ class FusedMBConvBlock(layers.MBConvBlock):
         cpu_ops.assign_moving_average(norm, mean, variance, tf.size(x))
         return y
 
-    def _project(self, x, inference: bool = False):
+    def _project(self, x, training: bool):
         """SE and the projection of x (the SE gate in the kernel).
 
         At inference the squeeze is a matmul (`cpu_ops.spatial_mean`).
@@ -191,21 +196,55 @@ class FusedMBConvBlock(layers.MBConvBlock):
         if self.se is None:
             y = cpu_ops.pixel_matmul(x, kernel)
         else:
-            if inference:
-                squeezed = cpu_ops.spatial_mean(x)  # [B, C]
-            else:
+            if training:
                 squeezed = tf.reduce_mean(x, axis=[1, 2])
+            else:
+                squeezed = cpu_ops.spatial_mean(x)  # [B, C]
             gate = self.se.gate(squeezed)
             y = cpu_ops.gated_pixel_matmul(x, gate, kernel)
-        return tf.nn.bias_add(y, tf.cast(self.project_conv.bias, x.dtype))
+        return cpu_ops.bias_add(y, self.project_conv.bias, training)
+
+
+@_register
+class FusedDense(tf_keras.layers.Dense):
+    """`Dense` whose bias gradient in training is a matmul.
+
+    `cpu_ops.bias_add`: accurate for bfloat16 and faster in both dtypes.
+
+    Args: those of `Dense`.
+    """
+
+    def call(self, inputs, training=None):
+        if not training or not self.use_bias:
+            return super().call(inputs)
+        y = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), self.kernel)
+        y = cpu_ops.bias_add(y, self.bias, training=True)
+        if inputs.shape.rank != 2:
+            shape = tf.concat([tf.shape(inputs)[:-1], [self.units]], 0)
+            y = tf.reshape(y, shape)
+            y.set_shape(inputs.shape[:-1].concatenate([self.units]))
+        return self.activation(y)
+
+
+@_register
+class FusedRelativeAttention(relative_position.RelativeAttention):
+    """`RelativeAttention` with `FusedDense` projections.
+
+    Args: those of `RelativeAttention`.
+    """
+
+    dense_class = FusedDense
 
 
 @_register
 class FusedFeedForward(transformer.FeedForward):
-    """`FeedForward` whose training GELU runs as XLA-fused kernels.
+    """`FeedForward` with `FusedDense` layers and, in training, its GELU as
+    XLA-fused kernels.
 
     Args: those of `FeedForward`.
     """
+
+    dense_class = FusedDense
 
     def activation(self, x: tf.Tensor, training=None) -> tf.Tensor:
         return cpu_ops.gelu(x, self.gelu_approximate, training)
@@ -213,9 +252,11 @@ class FusedFeedForward(transformer.FeedForward):
 
 @_register
 class FusedTransformerBlock(transformer.TransformerBlock):
-    """`TransformerBlock` with `FusedFeedForward`.
+    """`TransformerBlock` with the fused FFN, attention and dense layers.
 
     Args: those of `TransformerBlock`.
     """
 
     feed_forward_class = FusedFeedForward
+    attention_class = FusedRelativeAttention
+    dense_class = FusedDense

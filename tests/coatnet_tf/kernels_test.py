@@ -6,7 +6,10 @@ harness (`LayerTestCase.run_kernels_test`): values, gradients and
 BatchNorm moving statistics, in float32 and mixed_bfloat16.
 """
 
+import functools
+
 import tensorflow as tf
+import tf_keras
 from absl.testing import parameterized
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.grappler import tf_optimizer
@@ -262,6 +265,34 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         )
         self.assertAllClose(dynamic(x), want, atol=1e-5, rtol=1e-5)
 
+    def test_bias_add(self):
+        x = tf.random.stateless_normal([2, 3, 5, 4], seed=[7, 8])
+        bias = tf.constant([0.5, -1.0, 2.0, 0.25])
+        for training in (False, True):
+            self.assert_same_conv(
+                functools.partial(cpu_ops.bias_add, training=training),
+                tf.nn.bias_add,
+                x,
+                bias,
+            )
+        # A bfloat16 bias gradient over many rows: the float32 sum of its
+        # terms, rounded once (TensorFlow's BiasAddGrad sums in bfloat16,
+        # and misses this by more than the sums' own size).
+        dy = tf.cast(
+            tf.random.stateless_normal([64, 128, 32], seed=[1, 2]),
+            tf.bfloat16,
+        )
+        x16, bias16 = tf.zeros_like(dy), tf.zeros([32], tf.bfloat16)
+        with tf.GradientTape() as tape:
+            tape.watch(bias16)
+            y = cpu_ops.bias_add(x16, bias16, training=True)
+        grad = tape.gradient(y, bias16, output_gradients=dy)
+        self.assertEqual(grad.dtype, tf.bfloat16)
+        want = tf.reduce_sum(tf.cast(dy, tf.float32), axis=[0, 1])
+        self.assertAllClose(
+            tf.cast(grad, tf.float32), want, rtol=2**-8, atol=1e-3
+        )
+
     def test_spatial_mean(self):
         x = tf.random.stateless_normal([3, 5, 7, 4], seed=[5, 6])
         want = tf.reduce_mean(x, axis=[1, 2])
@@ -452,6 +483,63 @@ class FusedMBConvTest(tf.test.TestCase, parameterized.TestCase):
         block = fused.FusedMBConvBlock(8)
         block.expand_norm.trainable = False
         self.assertFalse(block._expand_stats_from_input())
+
+
+class FusedDenseTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(
+        ([6, 5], False), ([6, 5], True), ([2, 3, 4, 5], True)
+    )
+    def test_equals_dense(self, shape, training):
+        x = tf.random.stateless_normal(shape, seed=[9, 9])
+        ours = fused.FusedDense(7, activation="gelu", name="d")
+        reference = tf_keras.layers.Dense(7, activation="gelu", name="d")
+        reference.build(x.shape)
+        ours.build(x.shape)
+        ours.set_weights(
+            [w + 0.1 for w in reference.get_weights()]  # a non-zero bias
+        )
+        reference.set_weights(ours.get_weights())
+        results = []
+        for layer in (ours, reference):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=training)
+                loss = tf.reduce_sum(y * tf.sin(y))
+            results.append(
+                [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+            )
+        self.assertEqual(results[0][0].shape, results[1][0].shape)
+        for a, b in zip(*results):
+            self.assertAllClose(a, b, atol=1e-5, rtol=1e-5)
+
+
+class BiasGradientTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(
+        # Every bias gradient over pixels or tokens is a matmul; the SE
+        # gate's two dense layers sum over the batch only and keep Keras's.
+        ("stem", fused.FusedConvStem, dict(width=16), 0),
+        ("mbconv", fused.FusedMBConvBlock, dict(width=16, stride=2), 2),
+        (
+            "transformer",
+            fused.FusedTransformerBlock,
+            dict(hidden_size=32, head_size=16, grid_size=(2, 2), stride=2),
+            0,
+        ),
+    )
+    def test_training_graph_bias_gradients(self, cls, kwargs, count):
+        layer = cls(**kwargs)
+        x = tf.zeros([2, 4, 4, 8])
+        layer(x)
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                y = layer(x, training=True)
+            return tape.gradient(y, layer.trainable_weights)
+
+        graph = step.get_concrete_function(x).graph
+        ops = [op.type for op in graph.get_operations()]
+        self.assertEqual(ops.count("BiasAddGrad"), count)
 
 
 class KernelSettingTest(tf.test.TestCase):
