@@ -105,6 +105,43 @@ def resolve_precision(precision: str, strategy: tf.distribute.Strategy) -> str:
     return precision
 
 
+def bias_gradient_caveat(
+    precision: str, kernels: str, on_tpu: bool, jit_compile: bool
+) -> str | None:
+    """A warning for a run whose bfloat16 bias gradients are inaccurate.
+
+    TensorFlow's CPU kernel for a bias gradient (`BiasAddGrad`) sums a
+    bfloat16 gradient in bfloat16, which over a batch of pixels misses the
+    sum by as much as its size. XLA (TPU, or `jit_compile`) accumulates in
+    float32, and the "fused" kernels compute those sums as float32-
+    accumulating matmuls; the "reference" layers on CPU without XLA do
+    not.
+
+    Args:
+      precision: the resolved Keras policy.
+      kernels: the model's `kernels` setting.
+      on_tpu: whether the strategy is a TPU one.
+      jit_compile: `runtime.jit_compile`.
+
+    Returns:
+      The warning, or None when the run is not affected.
+    """
+    if (
+        precision != "mixed_bfloat16"
+        or kernels != "reference"
+        or on_tpu
+        or jit_compile
+    ):
+        return None
+    return (
+        "mixed_bfloat16 with model kernels 'reference' off TPU: "
+        "TensorFlow's CPU BiasAddGrad sums bfloat16 bias gradients in "
+        "bfloat16, inaccurately over a batch of pixels. Set "
+        "model.overrides.kernels='fused' (the default) or "
+        "runtime.jit_compile=true."
+    )
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the shared outputs (summaries, model).
 

@@ -92,6 +92,14 @@ class Trainer:
         self.precision = strategy_lib.resolve_precision(
             config.runtime.precision, strategy
         )
+        caveat = strategy_lib.bias_gradient_caveat(
+            self.precision,
+            config.model.overrides.get("kernels", "fused"),
+            strategy_lib.is_tpu(strategy),
+            config.runtime.jit_compile,
+        )
+        if caveat:
+            logging.warning(caveat)
         # bfloat16 images halve the host-to-device transfer; the model casts
         # its input to the compute dtype anyway.
         self.input_dtype = (

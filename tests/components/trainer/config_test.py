@@ -11,6 +11,7 @@ import configs
 from components import base
 from components.trainer import config as config_lib
 from components.trainer import main as main_lib
+from components.trainer import strategy as strategy_lib
 
 
 class RecipesTest(tf.test.TestCase):
@@ -255,6 +256,22 @@ class OverridesTest(tf.test.TestCase):
         }
         self.assertLen(others, 3)
         self.assertNotIn(path, others)
+
+
+class BiasGradientCaveatTest(tf.test.TestCase):
+    def test_only_reference_bfloat16_without_xla(self):
+        caveat = strategy_lib.bias_gradient_caveat
+        self.assertIn(
+            "kernels='fused'",
+            caveat("mixed_bfloat16", "reference", False, False),
+        )
+        for args in (
+            ("float32", "reference", False, False),
+            ("mixed_bfloat16", "fused", False, False),
+            ("mixed_bfloat16", "reference", True, False),
+            ("mixed_bfloat16", "reference", False, True),
+        ):
+            self.assertIsNone(caveat(*args), args)
 
 
 if __name__ == "__main__":
