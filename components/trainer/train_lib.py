@@ -92,14 +92,6 @@ class Trainer:
         self.precision = strategy_lib.resolve_precision(
             config.runtime.precision, strategy
         )
-        caveat = strategy_lib.bias_gradient_caveat(
-            self.precision,
-            config.model.overrides.get("kernels", "fused"),
-            strategy_lib.is_tpu(strategy),
-            config.runtime.jit_compile,
-        )
-        if caveat:
-            logging.warning(caveat)
         # bfloat16 images halve the host-to-device transfer; the model casts
         # its input to the compute dtype anyway.
         self.input_dtype = (
@@ -117,6 +109,15 @@ class Trainer:
                 )
         self.eval_batches = self._eval_batches()
         self._build()
+        # The built model's kernels: the variant's default unless overridden.
+        caveat = strategy_lib.bias_gradient_caveat(
+            self.precision,
+            self.model.config.kernels,
+            strategy_lib.is_tpu(strategy),
+            config.runtime.jit_compile,
+        )
+        if caveat:
+            logging.warning(caveat)
         self._train_fn = None
         self._skipped_logged = 0
         self._eval_fn = None
