@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from coatnet_tf.layers import DENSE_INIT
+from coatnet_tf.layers import DENSE_INIT, build_sublayers
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
 
@@ -212,34 +212,70 @@ class RelativeAttention(tf_keras.layers.Layer):
             trainable=True,
             experimental_autocast=False,
         )
+        build_sublayers(
+            [
+                (self.qkv, [None, input_shape[-1]]),
+                (self.out_proj, [None, self.hidden_size]),
+            ]
+        )
         super().build(input_shape)
 
     def bias(self) -> tf.Tensor:
         """The relative bias of every (query, key) pair: [heads, N, N]."""
         return relative_position_bias(self.relative_position_bias, self.index)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         h, w = self.grid_size
         if tuple(inputs.shape[1:3]) != (h, w):
             raise ValueError(
                 f"{self.name} attends over a {h}x{w} grid (its bias table "
                 f"shape), got input {inputs.shape}."
             )
-        n, heads, d = h * w, self.num_heads, self.head_size
+        q, k, v = self.project_heads(inputs, training)
+        out = self.attend(q, k, v, training)  # [B, heads, N, d]
+        out = tf.transpose(out, [0, 2, 1, 3])  # [B, N, heads, d]
+        out = self.out_proj(tf.reshape(out, [-1, self.hidden_size]))
+        return tf.reshape(out, [-1, h, w, self.hidden_size])
+
+    def project_heads(self, inputs, training=None):
+        """q / sqrt(head_size), k and v of every head: [B, heads, N, d].
+
+        Args:
+          inputs: [B, H, W, C_in].
+          training: unused here (the same map in training and inference);
+            subclasses may choose a faster path by it.
+
+        Returns:
+          (q, k, v), each [B, heads, H * W, head_size].
+        """
+        del training
+        n = inputs.shape[1] * inputs.shape[2]
+        heads, d = self.num_heads, self.head_size
         x = tf.reshape(inputs, [-1, inputs.shape[-1]])  # [B*N, C_in]
         qkv = tf.reshape(self.qkv(x), [-1, n, 3, heads, d])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, heads, N, d]
         # unstack, not qkv[i]: its gradient is one stack, where three
         # slices would each scatter into a zero tensor of the full size.
         q, k, v = tf.unstack(qkv, 3)
-        q = q * tf.cast(d**-0.5, q.dtype)
+        return q * tf.cast(d**-0.5, q.dtype), k, v
+
+    def attend(self, q, k, v, training=None):
+        """softmax(q k^T + bias) v over the keys, per head.
+
+        Args:
+          q: [B, heads, N, d], already scaled by 1 / sqrt(d).
+          k: [B, heads, N, d].
+          v: [B, heads, N, d].
+          training: unused here; subclasses may choose a path by it.
+
+        Returns:
+          [B, heads, N, d], in v's dtype.
+        """
+        del training
         logits = tf.matmul(q, k, transpose_b=True)  # [B, heads, N, N]
         logits = tf.cast(logits, tf.float32) + self.bias()
         probs = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
-        out = tf.matmul(probs, v)  # [B, heads, N, d]
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, heads * d])
-        out = self.out_proj(out)  # [B*N, hidden]
-        return tf.reshape(out, [-1, h, w, self.hidden_size])
+        return tf.matmul(probs, v)
 
     def get_config(self):
         return {

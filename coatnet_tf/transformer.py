@@ -163,7 +163,8 @@ class TransformerBlock(tf_keras.layers.Layer):
             shortcut, x = max_pool_2x2(shortcut), max_pool_2x2(x)
         if self.shortcut_proj is not None:
             shortcut = self.shortcut_proj(shortcut)
-        x = shortcut + self.drop_path(self.attention(x), training=training)
+        x = self.attention(x, training=training)
+        x = shortcut + self.drop_path(x, training=training)
         y = self.ffn(self.ffn_norm(x), training=training)
         # draw=1: the FFN branch's mask is independent of the attention's.
         return x + self.drop_path(y, training=training, draw=1)

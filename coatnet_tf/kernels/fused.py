@@ -17,6 +17,9 @@ builds the model from these.
   oneDNN pass and the SE squeeze a matmul.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
   XLA-fused kernels in training, and every dense layer a `FusedDense`.
+- `FusedRelativeAttention`: at inference q, k and v projected per head
+  without a transpose; in training the attention with a hand-written
+  gradient (`attention_ops`).
 - In training every bias gradient over pixels or tokens is a matmul
   (`cpu_ops.bias_add`): TensorFlow's CPU kernel sums a bfloat16 one in
   bfloat16.
@@ -31,7 +34,7 @@ import tensorflow as tf
 import tf_keras
 
 from coatnet_tf import layers, relative_position, transformer
-from coatnet_tf.kernels import cpu_ops
+from coatnet_tf.kernels import attention_ops, cpu_ops
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
 
@@ -229,12 +232,30 @@ class FusedDense(tf_keras.layers.Dense):
 
 @_register
 class FusedRelativeAttention(relative_position.RelativeAttention):
-    """`RelativeAttention` with `FusedDense` projections.
+    """`RelativeAttention` with `FusedDense` projections, heads projected
+    without a transpose at inference, and in training the attention's
+    hand-written gradient (`attention_ops`).
 
     Args: those of `RelativeAttention`.
     """
 
     dense_class = FusedDense
+
+    def project_heads(self, inputs, training=None):
+        if training:
+            return super().project_heads(inputs, training)
+        return attention_ops.head_projections(
+            inputs,
+            tf.convert_to_tensor(self.qkv.kernel),
+            tf.cast(self.qkv.bias, inputs.dtype),
+            self.num_heads,
+            self.head_size**-0.5,
+        )
+
+    def attend(self, q, k, v, training=None):
+        if training:
+            return attention_ops.attention(q, k, v, self.bias())
+        return super().attend(q, k, v, training)
 
 
 @_register

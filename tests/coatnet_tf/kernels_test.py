@@ -1,9 +1,10 @@
 """Tests for coatnet_tf.kernels: each fast path equals the reference.
 
-The CPU-tuned primitives of `kernels.cpu_ops` against TensorFlow's plain
-ops, and every fused layer against its reference layer through the shared
-harness (`LayerTestCase.run_kernels_test`): values, gradients and
-BatchNorm moving statistics, in float32 and mixed_bfloat16.
+The CPU-tuned primitives of `kernels.cpu_ops` and `kernels.attention_ops`
+against TensorFlow's plain ops, and every fused layer against its reference
+layer through the shared harness (`LayerTestCase.run_kernels_test`):
+values, gradients and BatchNorm moving statistics, in float32 and
+mixed_bfloat16.
 """
 
 import functools
@@ -15,8 +16,8 @@ from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.grappler import tf_optimizer
 
 import coatnet_tf
-from coatnet_tf import kernels, layers, transformer
-from coatnet_tf.kernels import cpu_ops, fused
+from coatnet_tf import kernels, layers, relative_position, transformer
+from coatnet_tf.kernels import attention_ops, cpu_ops, fused
 from tests.coatnet_tf import layer_test_harness
 
 
@@ -304,6 +305,117 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(dynamic(x), want, atol=1e-6)
 
 
+def _plain_attention(q, k, v, bias):
+    """`RelativeAttention.attend` as autodiff differentiates it."""
+    logits = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) + bias
+    probs = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
+    return tf.matmul(probs, v)
+
+
+class AttentionOpsTest(tf.test.TestCase):
+    def _inputs(self, dtype, spread=3.0):
+        # Peaked softmaxes (logits of a few units), as in a trained model.
+        shape = [3, 2, 20, 8]
+        q, k, v = (
+            tf.cast(tf.random.stateless_normal(shape, seed=[s, 1]), dtype)
+            for s in (1, 2, 3)
+        )
+        bias = spread * tf.random.stateless_normal([2, 20, 20], seed=[4, 1])
+        out_grad = tf.cast(
+            tf.random.stateless_normal(shape, seed=[5, 1]), dtype
+        )
+        return q, k, v, bias, out_grad
+
+    def _value_and_grads(self, fn, q, k, v, bias, out_grad):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v, bias])
+            out = fn(q, k, v, bias)
+        return [out, *tape.gradient(out, [q, k, v, bias], out_grad)]
+
+    def test_attention_float32(self):
+        inputs = self._inputs(tf.float32)
+        ours = self._value_and_grads(attention_ops.attention, *inputs)
+        want = self._value_and_grads(_plain_attention, *inputs)
+        for a, b in zip(ours, want):
+            self.assertEqual(a.dtype, b.dtype)
+            self.assertAllClose(a, b, atol=2e-5, rtol=2e-5)
+
+    def test_attention_bfloat16(self):
+        # Both paths round to bfloat16 at different points: each is held
+        # against the float32 gradients of the same (rounded) inputs, and
+        # ours may err at most twice as much as the plain one, plus 1%.
+        inputs16 = self._inputs(tf.bfloat16)
+        inputs32 = [
+            tf.cast(x, tf.float32) if x.dtype == tf.bfloat16 else x
+            for x in inputs16
+        ]
+        exact = self._value_and_grads(_plain_attention, *inputs32)
+        ours = self._value_and_grads(attention_ops.attention, *inputs16)
+        plain = self._value_and_grads(_plain_attention, *inputs16)
+        names = ["out", "q", "k", "v", "bias"]
+        for name, e, a, b in zip(names, exact, ours, plain):
+            self.assertEqual(a.dtype, b.dtype, name)
+
+            def rms(x):
+                return float(tf.sqrt(tf.reduce_mean(tf.square(x))))
+
+            ours_err = rms(tf.cast(a, tf.float32) - e)
+            plain_err = rms(tf.cast(b, tf.float32) - e)
+            self.assertLessEqual(ours_err, 2 * plain_err + 0.01 * rms(e), name)
+
+    def test_attention_unknown_batch(self):
+        q, k, v, bias, out_grad = self._inputs(tf.float32)
+        spec = tf.TensorSpec([None, *q.shape[1:]])
+
+        @tf.function(
+            input_signature=[spec, spec, spec, tf.TensorSpec(bias.shape)]
+        )
+        def grads(q, k, v, bias):
+            return self._value_and_grads(
+                attention_ops.attention, q, k, v, bias, out_grad
+            )
+
+        want = self._value_and_grads(_plain_attention, q, k, v, bias, out_grad)
+        for a, b in zip(grads(q, k, v, bias), want):
+            self.assertAllClose(a, b, atol=2e-5, rtol=2e-5)
+
+    def test_head_projections(self):
+        heads, d, c = 3, 4, 5
+        x = tf.random.stateless_normal([2, 3, 4, c], seed=[6, 1])
+        kernel = tf.random.stateless_normal([c, 3 * heads * d], seed=[7, 1])
+        bias = tf.random.stateless_normal([3 * heads * d], seed=[8, 1])
+        qkv = tf.matmul(tf.reshape(x, [-1, c]), kernel) + bias
+        qkv = tf.reshape(qkv, [2, 12, 3, heads, d])
+        want = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
+        want[0] = want[0] * 0.5
+        ours = attention_ops.head_projections(x, kernel, bias, heads, 0.5)
+        for a, b in zip(ours, want):
+            self.assertEqual(a.shape, [2, heads, 12, d])
+            self.assertAllClose(a, b, atol=1e-5, rtol=1e-5)
+
+    def test_inference_projects_heads_without_a_transpose(self):
+        # Transposes of activations (their shape has the unknown batch):
+        # the reference moves the projection's heads and the output's,
+        # the fused layer only the output's.
+        counts = []
+        for cls in (
+            relative_position.RelativeAttention,
+            fused.FusedRelativeAttention,
+        ):
+            layer = cls(8, 4, (3, 3))
+            fn = tf.function(lambda x, layer=layer: layer(x, training=False))
+            spec = tf.TensorSpec([None, 3, 3, 6])
+            graph = fn.get_concrete_function(spec).graph
+            counts.append(
+                sum(
+                    op.type == "Transpose"
+                    and not op.outputs[0].shape.is_fully_defined()
+                    for op in graph.get_operations()
+                )
+            )
+        self.assertEqual(counts, [2, 1])
+
+
 class FusedLayerTest(layer_test_harness.LayerTestCase):
     """Each fused layer equals its reference layer."""
 
@@ -361,6 +473,18 @@ class FusedLayerTest(layer_test_harness.LayerTestCase):
             fused.FusedFeedForward,
             dict(hidden_size=8, expansion=2),
             (2, 3, 3, 8),
+        )
+
+    @parameterized.named_parameters(
+        ("new_width", 16, (3, 4, 5, 8), (4, 5)),
+        ("same_width", 8, (2, 3, 3, 8), (3, 3)),
+    )
+    def test_relative_attention(self, width, input_shape, grid):
+        self.run_kernels_test(
+            relative_position.RelativeAttention,
+            fused.FusedRelativeAttention,
+            dict(hidden_size=width, head_size=4, grid_size=grid),
+            input_shape,
         )
 
     @parameterized.named_parameters(

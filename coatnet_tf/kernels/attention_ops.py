@@ -1,0 +1,122 @@
+"""CPU-tuned kernels of the fused relative attention.
+
+`RelativeAttention` (Eq. 3) projects q, k and v with one matmul, moves
+heads before tokens with a transpose, and lets autodiff differentiate its
+softmax. On CPU three of those steps cost more than they need to, and
+each function here replaces one, with the same values and gradients
+(tests/coatnet_tf/kernels_test.py):
+
+- `head_projections`, inference: q, k and v of every head as broadcast
+  batched matmuls that write [B, heads, N, d] directly, with no transpose
+  of the projection's output, 1 / sqrt(d) folded into q's kernel.
+- `attention`, training: softmax(q k^T + bias) v with a hand-written
+  gradient. The softmax gradient needs, per query, the sum of its
+  probabilities times their gradients; that sum equals the dot product
+  of the output's gradient with the output (FlashAttention's row term),
+  a pass over [B, heads, N, d] instead of [B, heads, N, N]. The rest of
+  the logits' gradient is one XLA-fused element-wise kernel, which also
+  does the float32/bfloat16 conversions; the bias gradient, a sum over
+  the batch, is a ones-row matmul.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def head_projections(
+    x: tf.Tensor,
+    kernel: tf.Tensor,
+    bias: tf.Tensor,
+    heads: int,
+    scale: float,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """q * scale, k and v of every head, without a transpose.
+
+    A dense layer over tokens writes [B N, 3 heads d], and attention needs
+    [B, heads, N, d]: the reference transposes the whole projection. Here
+    each of q, k and v is a batched matmul of the tokens [B, 1, N, C]
+    with the kernel's heads [heads, C, d], broadcast over the batch, which
+    writes that layout directly. On S3 of coatnet-0 at batch 16 (AMD EPYC
+    with AVX512_BF16) the three batched matmuls took as long as the one
+    dense matmul (8.5 against 8.0 ms in float32), which with its
+    transpose took 9.3 to 12.3.
+
+    For inference: the kernel's gradient would be summed over a broadcast
+    batch axis, so training keeps the dense layer.
+
+    Args:
+      x: tokens [B, H, W, C].
+      kernel: [C, 3 heads d], q, k and v in that order, heads major within
+        each (the dense layer's kernel).
+      bias: [3 heads d].
+      heads: number of heads.
+      scale: q's factor, 1 / sqrt(d).
+
+    Returns:
+      (q, k, v), each [B, heads, H W, d] in x's dtype.
+    """
+    _, h, w, c = x.shape
+    d = kernel.shape[-1] // (3 * heads)
+    factor = tf.constant([scale, 1.0, 1.0], kernel.dtype)[:, None, None, None]
+    kernels = tf.transpose(tf.reshape(kernel, [c, 3, heads, d]), [1, 2, 0, 3])
+    kernels = tf.unstack(kernels * factor)  # 3 x [heads, C, d]
+    biases = tf.unstack(tf.reshape(bias, [3, heads, 1, d]) * factor)
+    tokens = tf.reshape(x, [-1, 1, h * w, c])
+    return tuple(tf.matmul(tokens, k) + b for k, b in zip(kernels, biases))
+
+
+def _batch_sum(x: tf.Tensor) -> tf.Tensor:
+    """x summed over its first axis, as a ones-row matmul.
+
+    A sum over the batch of [B, heads, N, N] float32 maps; TensorFlow's
+    reduction over a leading axis took 2.4 ms per S3 block of coatnet-0
+    at batch 16.
+    """
+    rows = tf.reshape(x, [tf.shape(x)[0], -1])
+    ones = tf.ones([1, tf.shape(x)[0]], x.dtype)
+    return tf.reshape(tf.matmul(ones, rows), x.shape[1:])
+
+
+@tf.custom_gradient
+def attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, bias: tf.Tensor):
+    """softmax(q k^T + bias) v, for training, with a hand-written gradient.
+
+    Logits, bias and softmax in float32, as `RelativeAttention.attend`.
+    With P the softmax, O = P v and G the gradient of O, the logits'
+    gradient is P (P' - r), P' = G v^T, r_i = sum_j P_ij P'_ij; and
+    r_i = G_i . sum_j P_ij v_j = G_i . O_i, a d-long dot product per
+    query instead of an N-long one (r is taken from O rounded to the
+    compute dtype, as the reference's P' is). Per S3 block of coatnet-0
+    at batch 16 the reference's softmax gradient made four passes over
+    the [16, 12, 196, 196] logits and its bias gradient a fifth.
+
+    Args:
+      q: [B, heads, N, d], already scaled by 1 / sqrt(d).
+      k: [B, heads, N, d].
+      v: [B, heads, N, d].
+      bias: [heads, N, N] float32.
+
+    Returns:
+      [B, heads, N, d] in v's dtype.
+    """
+    logits = tf.matmul(q, k, transpose_b=True)
+    probs = tf.nn.softmax(tf.cast(logits, tf.float32) + bias, axis=-1)
+    weights = tf.cast(probs, v.dtype)
+    out = tf.matmul(weights, v)
+
+    def grad(out_grad):
+        probs_grad = tf.matmul(out_grad, v, transpose_b=True)
+        row_term = tf.reduce_sum(
+            tf.cast(out_grad, tf.float32) * tf.cast(out, tf.float32),
+            axis=-1,
+            keepdims=True,
+        )
+        logits_grad = probs * (tf.cast(probs_grad, tf.float32) - row_term)
+        compute_grad = tf.cast(logits_grad, q.dtype)
+        q_grad = tf.matmul(compute_grad, k)
+        k_grad = tf.matmul(compute_grad, q, transpose_a=True)
+        v_grad = tf.matmul(weights, out_grad, transpose_a=True)
+        return q_grad, k_grad, v_grad, _batch_sum(logits_grad)
+
+    return out, grad
