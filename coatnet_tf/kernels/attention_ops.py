@@ -13,10 +13,9 @@ each function here replaces one, with the same values and gradients
   gradient. The softmax gradient needs, per query, the sum of its
   probabilities times their gradients; that sum equals the dot product
   of the output's gradient with the output (FlashAttention's row term),
-  a pass over [B, heads, N, d] instead of [B, heads, N, N]. The rest of
-  the logits' gradient is one XLA-fused element-wise kernel, which also
-  does the float32/bfloat16 conversions; the bias gradient, a sum over
-  the batch, is a ones-row matmul.
+  a pass over [B, heads, N, d] instead of [B, heads, N, N], and the
+  logits' gradient takes two passes instead of four; the bias gradient,
+  a sum over the batch, is a ones-row matmul.
 """
 
 from __future__ import annotations
@@ -69,9 +68,9 @@ def head_projections(
 def _batch_sum(x: tf.Tensor) -> tf.Tensor:
     """x summed over its first axis, as a ones-row matmul.
 
-    A sum over the batch of [B, heads, N, N] float32 maps; TensorFlow's
-    reduction over a leading axis took 2.4 ms per S3 block of coatnet-0
-    at batch 16.
+    A sum over the batch of [B, heads, N, N] float32 maps: for one S3
+    map of coatnet-0 at batch 16, 0.64 ms against 0.99 for TensorFlow's
+    reduction over the leading axis (AMD EPYC with AVX512_BF16).
     """
     rows = tf.reshape(x, [tf.shape(x)[0], -1])
     ones = tf.ones([1, tf.shape(x)[0]], x.dtype)
