@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from coatnet_tf.kernels import cpu_ops
+
 
 def head_projections(
     x: tf.Tensor,
@@ -66,15 +68,14 @@ def head_projections(
 
 
 def _batch_sum(x: tf.Tensor) -> tf.Tensor:
-    """x summed over its first axis, as a ones-row matmul.
+    """x summed over its first axis, by `cpu_ops.column_sums`.
 
     A sum over the batch of [B, heads, N, N] float32 maps: for one S3
     map of coatnet-0 at batch 16, 0.64 ms against 0.99 for TensorFlow's
     reduction over the leading axis (AMD EPYC with AVX512_BF16).
     """
     rows = tf.reshape(x, [tf.shape(x)[0], -1])
-    ones = tf.ones([1, tf.shape(x)[0]], x.dtype)
-    return tf.reshape(tf.matmul(ones, rows), x.shape[1:])
+    return tf.reshape(cpu_ops.column_sums(rows), x.shape[1:])
 
 
 @tf.custom_gradient

@@ -131,12 +131,27 @@ def gelu_pass(x: tf.Tensor, shift: tf.Tensor, approximate: bool = False):
     return y
 
 
+def column_sums(rows: tf.Tensor) -> tf.Tensor:
+    """The sums of a matrix's columns, as a ones-row matmul.
+
+    One oneDNN matmul, accumulating in float32 also for bfloat16 rows,
+    where TensorFlow's reductions sum a bfloat16 tensor in bfloat16 (see
+    `bias_add`) and, over a leading axis, read more slowly.
+
+    Args:
+      rows: [R, K].
+
+    Returns:
+      [K], in rows' dtype.
+    """
+    ones = tf.ones(tf.stack([1, tf.shape(rows)[0]]), rows.dtype)
+    return tf.reshape(tf.matmul(ones, rows), [-1])
+
+
 @tf.custom_gradient
 def _bias_add_summed_by_matmul(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     def grad(dy):
-        rows = tf.reshape(dy, [-1, dy.shape[-1]])
-        ones = tf.ones(tf.stack([1, tf.shape(rows)[0]]), dy.dtype)
-        return dy, tf.reshape(tf.matmul(ones, rows), [-1])
+        return dy, column_sums(tf.reshape(dy, [-1, dy.shape[-1]]))
 
     return tf.nn.bias_add(x, bias), grad
 

@@ -20,6 +20,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from coatnet_tf import config as model_config
+
 
 def create_strategy(
     kind: str, tpu: str = "", zone: str = "", project: str = ""
@@ -128,7 +130,7 @@ def bias_gradient_caveat(
     """
     if (
         precision != "mixed_bfloat16"
-        or kernels != "reference"
+        or kernels != model_config.REFERENCE
         or on_tpu
         or jit_compile
     ):

@@ -294,6 +294,16 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
             tf.cast(grad, tf.float32), want, rtol=2**-8, atol=1e-3
         )
 
+    def test_column_sums(self):
+        rows = tf.random.stateless_normal([37, 6], seed=[3, 4])
+        want = tf.reduce_sum(rows, axis=0)
+        self.assertAllClose(cpu_ops.column_sums(rows), want, atol=1e-5)
+        dynamic = tf.function(
+            cpu_ops.column_sums,
+            input_signature=[tf.TensorSpec([None, 6])],
+        )
+        self.assertAllClose(dynamic(rows), want, atol=1e-5)
+
     def test_spatial_mean(self):
         x = tf.random.stateless_normal([3, 5, 7, 4], seed=[5, 6])
         want = tf.reduce_mean(x, axis=[1, 2])
