@@ -93,6 +93,20 @@ class ModelBenchTest(tf.test.TestCase):
                 )
         fused = report["fused"]["mixed_bfloat16"]["train_step"]
         self.assertGreater(fused["speedup_vs_float32"]["median"], 0)
+        # The paired median is the median of the per-round ratios.
+        base = report["fused"]["float32"]["train_step"]["rounds"]
+        pairs = [
+            a["images_per_s"] / b["images_per_s"]
+            for a, b in zip(fused["rounds"], base)
+        ]
+        self.assertAllClose(
+            fused["speedup_vs_float32"]["paired_median"], np.median(pairs)
+        )
+        goal = report["goals"]["fused"]["mixed_bfloat16_train_step_speedup"]
+        self.assertEqual(
+            goal["paired_median"],
+            fused["speedup_vs_float32"]["paired_median"],
+        )
         self.assertNotIn(
             "speedup_vs_reference", report["reference"]["float32"]["forward"]
         )
@@ -198,6 +212,18 @@ def _entries(fp32_fraction, speedup, rss_gib):
             for kind in ("forward", "train_step")
         },
     }
+
+
+class SpeedupTest(tf.test.TestCase):
+    def test_paired_median_follows_rounds(self):
+        # A host twice as fast in the second round: the ratio of medians
+        # mixes the rounds, the paired median keeps each round's ratio.
+        ours = [{"images_per_s": v} for v in (15.0, 30.0, 16.0)]
+        base = [{"images_per_s": v} for v in (10.0, 20.0, 10.0)]
+        got = model_bench.speedup(ours, base)
+        self.assertAllClose(got["paired_median"], 1.5)
+        self.assertAllClose(got["median"], 16.0 / 10.0)
+        self.assertAllClose(got["best"], 30.0 / 20.0)
 
 
 class GoalsTest(tf.test.TestCase):
