@@ -141,9 +141,13 @@ class FinetuneTest(tf.test.TestCase):
         result = trainer.train()
         self.assertEqual(result.step, 40)
         losses = [r["loss"] for r in result.history]
-        self.assertLess(losses[-1], losses[0])
+        self.assertTrue(np.all(np.isfinite(losses)), msg=losses)
+        # The logged training losses are 10-step means over augmented
+        # batches and move by +-0.1 between windows, so the trend is judged
+        # on the fixed evaluation split: from ln 2 (every class alike) to
+        # well below it.
+        self.assertLess(result.eval_metrics["loss"], 0.5 * before["loss"])
         self.assertGreaterEqual(result.eval_metrics["accuracy"], 0.9)
-        self.assertTrue(np.isfinite(result.eval_metrics["loss"]))
 
 
 if __name__ == "__main__":
