@@ -14,7 +14,7 @@ builds the model from these.
   expand_norm's statistics from the expansion's input
   (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels;
   at inference all three BatchNorms folded, the depthwise GELU one
-  oneDNN pass and the SE squeeze a matmul.
+  oneDNN pass and the SE squeeze one oneDNN pool.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
   XLA-fused kernels in training, and every dense layer a `FusedDense`.
 - `FusedRelativeAttention`: at inference q, k and v projected per head
@@ -193,7 +193,8 @@ class FusedMBConvBlock(layers.MBConvBlock):
     def _project(self, x, training: bool):
         """SE and the projection of x (the SE gate in the kernel).
 
-        At inference the squeeze is a matmul (`cpu_ops.spatial_mean`).
+        At inference the squeeze is one average pool
+        (`cpu_ops.spatial_mean`).
         """
         kernel = tf.cast(_matrix(self.project_conv), x.dtype)
         if self.se is None:

@@ -314,6 +314,20 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         )
         self.assertAllClose(dynamic(x), want, atol=1e-6)
 
+    def test_spatial_mean_accumulates_bfloat16_in_float32(self):
+        # 3136 ones: a bfloat16 running sum stops at 256 (8 bits of
+        # mantissa), which would give 0.08 instead of 1.
+        ones = tf.ones([2, 56, 56, 3], tf.bfloat16)
+        self.assertAllEqual(
+            cpu_ops.spatial_mean(ones), tf.ones([2, 3], tf.bfloat16)
+        )
+        x = tf.random.stateless_normal([2, 56, 56, 8], seed=[7, 8]) + 1.0
+        x = tf.cast(x, tf.bfloat16)
+        want = tf.reduce_mean(tf.cast(x, tf.float64), axis=[1, 2])
+        got = tf.cast(cpu_ops.spatial_mean(x), tf.float64)
+        # One rounding of a value near 1 to bfloat16: at most 2^-8.
+        self.assertAllClose(got, want, atol=2.0**-8, rtol=0)
+
 
 def _plain_attention(q, k, v, bias):
     """`RelativeAttention.attend` as autodiff differentiates it."""
