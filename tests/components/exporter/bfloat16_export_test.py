@@ -96,6 +96,20 @@ def _bfloat16_nodes(export_dir: str) -> int:
     return count
 
 
+def _weight_casts(export_dir: str) -> int:
+    """Casts in the SavedModel's functions of a value read from a variable."""
+    proto = model_store.read_saved_model(export_dir)
+    count = 0
+    for meta_graph in proto.meta_graphs:
+        for function in meta_graph.graph_def.library.function:
+            ops = {node.name: node.op for node in function.node_def}
+            for node in function.node_def:
+                source = node.input[0].split(":")[0] if node.input else ""
+                if node.op == "Cast" and ops.get(source) == "ReadVariableOp":
+                    count += 1
+    return count
+
+
 class BFloat16ExportTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -245,13 +259,47 @@ class BFloat16ExportTest(tf.test.TestCase):
         self.assertGreater(_bfloat16_nodes(self.export_dir), 10)
         self.assertEqual(_bfloat16_nodes(self.float32_dir), 0)
 
-    def test_weights_are_the_float32_checkpoint_exactly(self):
+    def test_weights_are_the_checkpoint_in_the_dtype_they_are_read_in(self):
         loaded = tf.saved_model.load(self.export_dir)
         saved = loaded.model_variables
         self.assertLen(saved, len(self.model.variables))
+        stored = {tf.bfloat16: [], tf.float32: []}
         for variable, trained in zip(saved, self.model.variables):
-            self.assertEqual(variable.dtype, tf.float32)
-            self.assertAllEqual(variable.numpy(), trained.numpy())
+            self.assertEqual(variable.name, trained.name)
+            stored[variable.dtype].append(variable.name.split("/")[-1])
+            # Bit for bit the checkpoint's value, or its bfloat16 rounding
+            # (which widens back to float32 exactly).
+            want = tf.cast(tf.cast(trained, variable.dtype), tf.float32)
+            self.assertAllEqual(tf.cast(variable, tf.float32), want)
+        self.assertContainsSubset(
+            {"kernel:0", "depthwise_kernel:0"}, stored[tf.bfloat16]
+        )
+        # Norms, the relative-position tables and the float32 classifier.
+        self.assertContainsSubset(
+            {
+                "gamma:0",
+                "beta:0",
+                "moving_mean:0",
+                "moving_variance:0",
+                "relative_position_bias:0",
+            },
+            stored[tf.float32],
+        )
+        classifier = [v for v in saved if "classifier/kernel" in v.name]
+        self.assertEqual([v.dtype for v in classifier], [tf.float32])
+
+    def test_graph_casts_no_weight_per_call(self):
+        self.assertEqual(_weight_casts(self.export_dir), 0)
+        # What the mixed model does with float32 variables: a cast of
+        # every kernel on every call.
+        mixed = serving_model.store_read_dtype
+        try:
+            serving_model.store_read_dtype = lambda model, dtype: 0
+            outputs = self.run_exporter("bf16_casting", self.config, False)
+        finally:
+            serving_model.store_read_dtype = mixed
+        casting = model_io.serving_dir(outputs["model"].uri)
+        self.assertGreater(_weight_casts(casting), 10)
 
     def test_probabilities_close_to_float32(self):
         images = [testutil.class_image(i, 100 + i) for i in range(5)]
