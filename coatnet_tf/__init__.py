@@ -47,6 +47,7 @@ from coatnet_tf.model import (  # noqa: E402
     forward_flops,
     forward_flops_by_op,
     forward_graph,
+    freeze_for_inference,
     graph_flops,
 )
 from coatnet_tf.noise import NoiseState  # noqa: E402
@@ -79,6 +80,7 @@ __all__ = [
     "forward_flops",
     "forward_flops_by_op",
     "forward_graph",
+    "freeze_for_inference",
     "get_config",
     "graph_flops",
     "grid_size",

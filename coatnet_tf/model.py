@@ -236,6 +236,31 @@ def create_model(
     return CoAtNet(config)
 
 
+def freeze_for_inference(model) -> int:
+    """Computes once what the inference path derives from the weights.
+
+    For serving a model whose weights no longer change: each layer with a
+    `freeze_for_inference` method (the fused attention: its per-head
+    kernels and relative bias) keeps those results in non-trainable
+    variables and reads them instead of recomputing them on every call.
+    The outputs do not change; a frozen layer refuses to train. Call it
+    after the weights are loaded.
+
+    Args:
+      model: a built `CoAtNet`.
+
+    Returns:
+      How many layers were frozen (0 with the reference kernels).
+    """
+    count = 0
+    for layer in model.submodules:
+        freeze = getattr(layer, "freeze_for_inference", None)
+        if callable(freeze):
+            freeze()
+            count += 1
+    return count
+
+
 def forward_graph(model, batch_size: int = 1) -> tf.Graph:
     """Traces the inference forward pass once; no step runs.
 

@@ -6,9 +6,10 @@ softmax. On CPU three of those steps cost more than they need to, and
 each function here replaces one, with the same values and gradients
 (tests/coatnet_tf/kernels_test.py):
 
-- `head_projections`, inference: q, k and v of every head as broadcast
-  batched matmuls that write [B, heads, N, d] directly, with no transpose
-  of the projection's output, 1 / sqrt(d) folded into q's kernel.
+- `head_weights` and `head_projections`, inference: q, k and v of every
+  head as broadcast batched matmuls that write [B, heads, N, d] directly,
+  with no transpose of the projection's output, 1 / sqrt(d) folded into
+  q's kernel.
 - `attention`, training: softmax(q k^T + bias) v with a hand-written
   gradient. The softmax gradient needs, per query, the sum of its
   probabilities times their gradients; that sum equals the dot product
@@ -25,44 +26,61 @@ import tensorflow as tf
 from coatnet_tf.kernels import cpu_ops
 
 
-def head_projections(
-    x: tf.Tensor,
+def head_weights(
     kernel: tf.Tensor,
     bias: tf.Tensor,
     heads: int,
     scale: float,
+) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """The qkv projection's weights laid out per head, for inference.
+
+    Args:
+      kernel: [C, 3 heads d], q, k and v in that order, heads major within
+        each (the dense layer's kernel).
+      bias: [3 heads d].
+      heads: number of heads.
+      scale: q's factor, 1 / sqrt(d), folded into q's kernel and bias.
+
+    Returns:
+      ([q, k, v kernels, each [heads, C, d]], [q, k, v biases, each
+      [heads, 1, d]]), in kernel's and bias's dtypes.
+    """
+    c = kernel.shape[0]
+    d = kernel.shape[-1] // (3 * heads)
+    factor = tf.constant([scale, 1.0, 1.0], kernel.dtype)[:, None, None, None]
+    kernels = tf.transpose(tf.reshape(kernel, [c, 3, heads, d]), [1, 2, 0, 3])
+    biases = tf.reshape(bias, [3, heads, 1, d]) * tf.cast(factor, bias.dtype)
+    return tf.unstack(kernels * factor), tf.unstack(biases)
+
+
+def head_projections(
+    x: tf.Tensor,
+    kernels: list[tf.Tensor],
+    biases: list[tf.Tensor],
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """q * scale, k and v of every head, without a transpose.
 
     A dense layer over tokens writes [B N, 3 heads d], and attention needs
     [B, heads, N, d]: the reference transposes the whole projection. Here
     each of q, k and v is a batched matmul of the tokens [B, 1, N, C]
-    with the kernel's heads [heads, C, d], broadcast over the batch, which
-    writes that layout directly. On S3 of coatnet-0 at batch 16 (AMD EPYC
-    with AVX512_BF16) the three batched matmuls took as long as the one
-    dense matmul (8.5 against 8.0 ms in float32), which with its
-    transpose took 9.3 to 12.3.
+    with the kernel's heads [heads, C, d] (`head_weights`), broadcast
+    over the batch, which writes that layout directly. On S3 of
+    coatnet-0 at batch 16 (AMD EPYC with AVX512_BF16) the three batched
+    matmuls took as long as the one dense matmul (8.5 against 8.0 ms in
+    float32), which with its transpose took 9.3 to 12.3.
 
     For inference: the kernel's gradient would be summed over a broadcast
     batch axis, so training keeps the dense layer.
 
     Args:
       x: tokens [B, H, W, C].
-      kernel: [C, 3 heads d], q, k and v in that order, heads major within
-        each (the dense layer's kernel).
-      bias: [3 heads d].
-      heads: number of heads.
-      scale: q's factor, 1 / sqrt(d).
+      kernels: `head_weights`' q, k and v kernels, in x's dtype.
+      biases: `head_weights`' q, k and v biases, in x's dtype.
 
     Returns:
       (q, k, v), each [B, heads, H W, d] in x's dtype.
     """
     _, h, w, c = x.shape
-    d = kernel.shape[-1] // (3 * heads)
-    factor = tf.constant([scale, 1.0, 1.0], kernel.dtype)[:, None, None, None]
-    kernels = tf.transpose(tf.reshape(kernel, [c, 3, heads, d]), [1, 2, 0, 3])
-    kernels = tf.unstack(kernels * factor)  # 3 x [heads, C, d]
-    biases = tf.unstack(tf.reshape(bias, [3, heads, 1, d]) * factor)
     tokens = tf.reshape(x, [-1, 1, h * w, c])
     return tuple(tf.matmul(tokens, k) + b for k, b in zip(kernels, biases))
 

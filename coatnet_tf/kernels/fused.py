@@ -18,8 +18,9 @@ builds the model from these.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
   XLA-fused kernels in training, and every dense layer a `FusedDense`.
 - `FusedRelativeAttention`: at inference q, k and v projected per head
-  without a transpose; in training the attention with a hand-written
-  gradient (`attention_ops`).
+  without a transpose, and for serving the per-head kernels and the
+  relative bias computed once (`freeze_for_inference`); in training the
+  attention with a hand-written gradient (`attention_ops`).
 - In training every bias gradient over pixels or tokens is a matmul
   (`cpu_ops.bias_add`): TensorFlow's CPU kernel sums a bfloat16 one in
   bfloat16.
@@ -237,21 +238,85 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
     without a transpose at inference, and in training the attention's
     hand-written gradient (`attention_ops`).
 
+    What inference derives from the weights alone (the qkv kernel laid
+    out per head, the relative bias gathered from its table) can be
+    computed once for a model whose weights no longer change
+    (`freeze_for_inference`).
+
     Args: those of `RelativeAttention`.
     """
 
     dense_class = FusedDense
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._frozen = None
+
+    def freeze_for_inference(self) -> None:
+        """Stores what inference derives from the weights, computed once.
+
+        Each inference call otherwise lays the qkv kernel out per head (a
+        transpose and a scale of 3 C^2 values) and gathers the [heads, N,
+        N] bias from its table: work that does not shrink with the batch,
+        about a quarter of coatnet-0's bfloat16 forward at batch 1. Here
+        both are computed by the inference path's own functions and kept
+        in non-trainable variables, which inference then reads: the same
+        values, bit for bit. For serving: the copies do not follow later
+        changes of the weights, so a frozen layer refuses to train.
+        """
+        if self._frozen is not None:
+            return
+        dtype = tf.as_dtype(self.compute_dtype)
+        kernels, biases = attention_ops.head_weights(
+            tf.cast(self.qkv.kernel, dtype),
+            tf.cast(self.qkv.bias, dtype),
+            self.num_heads,
+            self.head_size**-0.5,
+        )
+        table = self.relative_position_bias.name.split(":")[0]
+        prefix = table.rsplit("/", 1)[0] if "/" in table else self.name
+        values = {
+            "bias": self.bias(),
+            **{f"{n}_kernel": t for n, t in zip("qkv", kernels)},
+            **{f"{n}_bias": t for n, t in zip("qkv", biases)},
+        }
+        self._frozen = {
+            key: tf.Variable(
+                value, trainable=False, name=f"{prefix}/inference/{key}"
+            )
+            for key, value in values.items()
+        }
+
+    def bias(self) -> tf.Tensor:
+        if self._frozen is not None:
+            return tf.convert_to_tensor(self._frozen["bias"])
+        return super().bias()
+
+    def call(self, inputs, training=None):
+        if training and self._frozen is not None:
+            raise ValueError(
+                f"{self.name} was frozen for inference "
+                "(freeze_for_inference); build a new model to train."
+            )
+        return super().call(inputs, training)
+
     def project_heads(self, inputs, training=None):
         if training:
             return super().project_heads(inputs, training)
-        return attention_ops.head_projections(
-            inputs,
+        if self._frozen is not None:
+            frozen = self._frozen
+            return attention_ops.head_projections(
+                inputs,
+                [tf.convert_to_tensor(frozen[f"{n}_kernel"]) for n in "qkv"],
+                [tf.convert_to_tensor(frozen[f"{n}_bias"]) for n in "qkv"],
+            )
+        kernels, biases = attention_ops.head_weights(
             tf.convert_to_tensor(self.qkv.kernel),
             tf.cast(self.qkv.bias, inputs.dtype),
             self.num_heads,
             self.head_size**-0.5,
         )
+        return attention_ops.head_projections(inputs, kernels, biases)
 
     def attend(self, q, k, v, training=None):
         if training:

@@ -290,8 +290,10 @@ def export(
     Args:
       source_uri: the trained Model artifact (for labels and weights).
       output_uri: the exported Model artifact's root.
-      model: the loaded float32 model. For another serving precision the
-        model is rebuilt in that precision from `source_uri`'s weights.
+      model: the loaded float32 model, which a float32 export freezes for
+        inference (`serving_model.ServingModule`). For another serving
+        precision the model is rebuilt in that precision from
+        `source_uri`'s weights.
       spec: its spec.
       config: the exporter config.
       examples: optional Examples for warmup images.

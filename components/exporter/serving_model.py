@@ -27,8 +27,11 @@ properties.
 Every signature preprocesses with `components.preprocessing` (decode,
 center crop, resize, normalize), the function the Evaluator used. The class
 names are the asset `assets/labels.txt`, read into a lookup table at load.
-Only the model's variables are saved, not the Keras object, so loading
-needs neither Keras nor coatnet_tf.
+Only the variables the model's traced forward reads are saved, not the
+Keras object, so loading needs neither Keras nor coatnet_tf. The model is
+frozen for inference first (`coatnet_tf.freeze_for_inference`): what
+inference derives from the weights alone is stored, computed once, in
+place of the weights it came from.
 
 The model inside computes in the export's serving precision
 (`SERVING_PRECISIONS`): "float32", or "bfloat16", the model built under
@@ -55,6 +58,7 @@ from tensorflow_serving.apis import (
 )
 from tf_keras.src.mixed_precision import autocast_variable
 
+import coatnet_tf
 from artifacts import examples as examples_lib
 from artifacts import model as model_io
 from artifacts import model_store
@@ -106,7 +110,9 @@ class ServingModule(tf.Module):
         """Wraps a built model.
 
         Args:
-          model: the model with its serving weights loaded.
+          model: the model with its serving weights loaded. It is frozen
+            for inference (`coatnet_tf.freeze_for_inference`): its layers
+            refuse to train afterwards.
           spec: its spec (resolution, classes, multi-label).
           labels_path: the labels file to ship as an asset.
           top_k: how many classes the top-k outputs hold.
@@ -114,11 +120,16 @@ class ServingModule(tf.Module):
           max_batch_size: requests of more inputs are refused.
         """
         super().__init__()
-        # The Keras model is held untracked and only its variables are
-        # tracked: the SavedModel then holds the weights and these
-        # signatures, without Keras' per-layer tracing or metadata.
+        # What inference derives from the weights alone (the attention's
+        # per-head kernels and relative bias) is computed here once, not
+        # on every call.
+        coatnet_tf.freeze_for_inference(model)
+        # The Keras model is held untracked and only the variables its
+        # traced forward reads are tracked (below): the SavedModel then
+        # holds those weights and these signatures, without Keras'
+        # per-layer tracing or metadata, nor the weights that freezing
+        # made unread.
         self._holder = _Untracked(model)
-        self.model_variables = list(model.variables)
         self.image_size = spec.image_size
         self.multi_label = spec.multi_label
         self.top_k = max(1, min(top_k, spec.num_classes))
@@ -147,6 +158,8 @@ class ServingModule(tf.Module):
         self._classifier = _Untracked(
             _graph_function(self._outputs, tf.TensorSpec([None, size, size, 3]))
         )
+        traced = self._classifier.value.get_concrete_function()
+        self.model_variables = list(traced.variables)
         self._functions = _Untracked(
             {
                 PREDICT_SIGNATURE: _graph_function(

@@ -412,7 +412,8 @@ class AttentionOpsTest(tf.test.TestCase):
         qkv = tf.reshape(qkv, [2, 12, 3, heads, d])
         want = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
         want[0] = want[0] * 0.5
-        ours = attention_ops.head_projections(x, kernel, bias, heads, 0.5)
+        kernels, biases = attention_ops.head_weights(kernel, bias, heads, 0.5)
+        ours = attention_ops.head_projections(x, kernels, biases)
         for a, b in zip(ours, want):
             self.assertEqual(a.shape, [2, heads, 12, d])
             self.assertAllClose(a, b, atol=1e-5, rtol=1e-5)
@@ -438,6 +439,52 @@ class AttentionOpsTest(tf.test.TestCase):
                 )
             )
         self.assertEqual(counts, [2, 1])
+
+
+class FreezeForInferenceTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters("float32", "mixed_bfloat16")
+    def test_frozen_model_computes_the_same_bits(self, policy):
+        x = tf.random.stateless_uniform([3, 32, 32, 3], seed=[2, 5])
+        tf_keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = coatnet_tf.create_model("coatnet-tiny", 5, 32)
+            model(x[:1])
+        finally:
+            tf_keras.mixed_precision.set_global_policy("float32")
+        before = tf.function(lambda x: model(x, training=False))
+        want = before(x)
+        weights = len(model.variables)
+        # coatnet-tiny has three attention blocks.
+        self.assertEqual(coatnet_tf.freeze_for_inference(model), 3)
+        self.assertEqual(coatnet_tf.freeze_for_inference(model), 3)
+        self.assertLen(model.variables, weights + 3 * 7)
+        after = tf.function(lambda x: model(x, training=False))
+        self.assertAllEqual(after(x), want)
+        # The traced forward reads the frozen copies, not the weights they
+        # were derived from, and re-lays out no kernel.
+        traced = after.get_concrete_function(tf.TensorSpec([None, 32, 32, 3]))
+        read = [v.name for v in traced.variables]
+        self.assertLen([n for n in read if "/inference/" in n], 3 * 7)
+        self.assertFalse([n for n in read if "qkv/" in n])
+        self.assertFalse([n for n in read if "relative_position_bias" in n])
+        self.assertFalse(
+            [
+                op
+                for op in traced.graph.get_operations()
+                if op.type in ("Transpose", "GatherV2")
+                and "/attention/" in op.name
+                and op.outputs[0].shape.is_fully_defined()
+            ]
+        )
+        with self.assertRaisesRegex(ValueError, "frozen for inference"):
+            model(x, training=True)
+
+    def test_reference_kernels_have_nothing_to_freeze(self):
+        model = coatnet_tf.create_model(
+            "coatnet-tiny", 5, 32, kernels="reference"
+        )
+        model(tf.zeros([1, 32, 32, 3]))
+        self.assertEqual(coatnet_tf.freeze_for_inference(model), 0)
 
 
 class FusedLayerTest(layer_test_harness.LayerTestCase):
