@@ -158,8 +158,18 @@ class ServingModule(tf.Module):
         self._classifier = _Untracked(
             _graph_function(self._outputs, tf.TensorSpec([None, size, size, 3]))
         )
+        # In the model's order: the traced function's own order differs
+        # from one process to the next, and the SavedModel's bytes with it.
         traced = self._classifier.value.get_concrete_function()
-        self.model_variables = list(traced.variables)
+        read = {id(v.handle) for v in traced.variables}
+        self.model_variables = [
+            v for v in model.variables if id(v.handle) in read
+        ]
+        if len(self.model_variables) != len(read):
+            raise ValueError(
+                "The model's forward reads variables that are not the "
+                "model's own; they would be missing from the SavedModel."
+            )
         self._functions = _Untracked(
             {
                 PREDICT_SIGNATURE: _graph_function(

@@ -300,6 +300,12 @@ class BFloat16ExportTest(tf.test.TestCase):
             ),
         )
         self.assertLen(frozen, 3 * 7)
+        # Saved in the model's own order, which every process shares (a
+        # traced function's capture order is not), so that two exports of
+        # one model write the same variable files.
+        order = [v.name for v in self.model.variables]
+        positions = [order.index(v.name) for v in loaded.model_variables]
+        self.assertEqual(positions, sorted(positions))
 
     def test_graph_casts_no_weight_per_call(self):
         self.assertEqual(_weight_casts(self.export_dir), 0)
