@@ -316,15 +316,15 @@ def store_read_dtype(model: tf_keras.Model, dtype: tf.DType) -> int:
     Under a mixed policy a layer's kernels stay float32 variables, each
     wrapped so that a read inside the layer's call casts it to the
     compute dtype: every call of the served graph casts every kernel,
-    24 M values per call for coatnet-0 whatever the batch. Without those
-    casts its bfloat16 export served batch 1 at a p50 of 34.0 against
-    37.4 ms, and batch 16 1.02x faster (docs/performance.md, "The
-    bfloat16 export"). Here each wrapped
-    variable's float32 variable is replaced by one holding that cast,
-    under the same name: the wrapper then reads it without a cast, the
-    model computes the same bits, and the SavedModel stores those
+    24 M values per call for coatnet-0 whatever the batch. Here each
+    wrapped variable's float32 variable is replaced by one holding that
+    cast, under the same name: the wrapper then reads it without a cast,
+    the model computes the same bits, and the SavedModel stores those
     weights at half the size. Weights read in float32 (norms, the
-    float32 classifier) are not wrapped and stay as they are.
+    float32 classifier) are not wrapped and stay as they are. Without
+    the casts coatnet-0's bfloat16 export served batch 1 at a p50 of
+    34.0 against 37.4 ms, and batch 16 1.02x faster (docs/performance.md,
+    "The bfloat16 export").
 
     Call it after the weights are loaded and before the model is traced.
 
