@@ -267,26 +267,31 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
         """
         if self._frozen is not None:
             return
-        dtype = tf.as_dtype(self.compute_dtype)
-        kernels, biases = attention_ops.head_weights(
+        kernels, biases = self._head_weights(tf.as_dtype(self.compute_dtype))
+        table = self.relative_position_bias.name.split(":")[0]
+        prefix = table.rsplit("/", 1)[0] if "/" in table else self.name
+
+        def stored(value, key):
+            return tf.Variable(
+                value, trainable=False, name=f"{prefix}/inference/{key}"
+            )
+
+        self._frozen = {
+            "bias": stored(self.bias(), "bias"),
+            "kernels": [
+                stored(t, f"{n}_kernel") for n, t in zip("qkv", kernels)
+            ],
+            "biases": [stored(t, f"{n}_bias") for n, t in zip("qkv", biases)],
+        }
+
+    def _head_weights(self, dtype):
+        """`attention_ops.head_weights` of the qkv layer, in `dtype`."""
+        return attention_ops.head_weights(
             tf.cast(self.qkv.kernel, dtype),
             tf.cast(self.qkv.bias, dtype),
             self.num_heads,
             self.head_size**-0.5,
         )
-        table = self.relative_position_bias.name.split(":")[0]
-        prefix = table.rsplit("/", 1)[0] if "/" in table else self.name
-        values = {
-            "bias": self.bias(),
-            **{f"{n}_kernel": t for n, t in zip("qkv", kernels)},
-            **{f"{n}_bias": t for n, t in zip("qkv", biases)},
-        }
-        self._frozen = {
-            key: tf.Variable(
-                value, trainable=False, name=f"{prefix}/inference/{key}"
-            )
-            for key, value in values.items()
-        }
 
     def bias(self) -> tf.Tensor:
         if self._frozen is not None:
@@ -305,18 +310,9 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
         if training:
             return super().project_heads(inputs, training)
         if self._frozen is not None:
-            frozen = self._frozen
-            return attention_ops.head_projections(
-                inputs,
-                [tf.convert_to_tensor(frozen[f"{n}_kernel"]) for n in "qkv"],
-                [tf.convert_to_tensor(frozen[f"{n}_bias"]) for n in "qkv"],
-            )
-        kernels, biases = attention_ops.head_weights(
-            tf.convert_to_tensor(self.qkv.kernel),
-            tf.cast(self.qkv.bias, inputs.dtype),
-            self.num_heads,
-            self.head_size**-0.5,
-        )
+            kernels, biases = self._frozen["kernels"], self._frozen["biases"]
+        else:
+            kernels, biases = self._head_weights(inputs.dtype)
         return attention_ops.head_projections(inputs, kernels, biases)
 
     def attend(self, q, k, v, training=None):
