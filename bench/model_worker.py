@@ -102,10 +102,18 @@ def timed(fn, steps: int) -> float:
 def make_steps(tf, model, optimizer, images, labels):
     """tf.functions (no XLA) for inference and one AdamW training step."""
 
-    # No autograph, as the trainer: the model branches on no tensor.
-    @tf.function(autograph=False)
+    # No autograph, as the trainer: the model branches on no tensor. The
+    # forward is traced for a batch of any size, as a served model is: a
+    # graph rewrite (oneDNN's LayerNorm, `cpu_ops.layer_norm`) needs it.
+    @tf.function(
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, *images.shape[1:]])],
+    )
+    def infer(x):
+        return model(x, training=False)
+
     def forward():
-        return model(images, training=False)
+        return infer(images)
 
     @tf.function(autograph=False)
     def train_step():

@@ -160,9 +160,16 @@ def bench_precision(root: str, source: str, precision: str, images) -> dict:
     preprocessed = tf.stack(
         [preprocessing.preprocess_for_eval(b, _SIZE.value) for b in images]
     )
-    forward = tf.function(
-        lambda: model(preprocessed, training=False), autograph=False
+    # Traced for a batch of any size, as model_bench's forward and the
+    # serving signature are.
+    infer = tf.function(
+        lambda x: model(x, training=False),
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, *preprocessed.shape[1:]])],
     )
+
+    def forward():
+        return infer(preprocessed)
 
     def serve_batch():
         serve(image_bytes=batch)["probabilities"].numpy()

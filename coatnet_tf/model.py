@@ -241,8 +241,9 @@ def freeze_for_inference(model) -> int:
 
     For serving a model whose weights no longer change: each layer with a
     `freeze_for_inference` method (the fused attention: its per-head
-    kernels and relative bias) keeps those results in non-trainable
-    variables and reads them instead of recomputing them on every call.
+    kernels and relative bias; the fused pre-norms: gamma and beta in
+    the compute dtype) keeps those results in non-trainable variables
+    and reads them instead of recomputing them on every call.
     The outputs do not change; a frozen layer refuses to train. Call it
     after the weights are loaded.
 

@@ -105,6 +105,7 @@ class TransformerBlock(tf_keras.layers.Layer):
     feed_forward_class = FeedForward
     attention_class = RelativeAttention
     dense_class = tf_keras.layers.Dense
+    norm_class = tf_keras.layers.LayerNormalization
 
     def __init__(
         self,
@@ -131,15 +132,11 @@ class TransformerBlock(tf_keras.layers.Layer):
         self.gelu_approximate = gelu_approximate
         self.ln_epsilon = ln_epsilon
         self.block_index = block_index
-        self.attn_norm = tf_keras.layers.LayerNormalization(
-            epsilon=ln_epsilon, name="attn_norm"
-        )
+        self.attn_norm = self.norm_class(epsilon=ln_epsilon, name="attn_norm")
         self.attention = self.attention_class(
             hidden_size, head_size, self.grid_size, name="attention"
         )
-        self.ffn_norm = tf_keras.layers.LayerNormalization(
-            epsilon=ln_epsilon, name="ffn_norm"
-        )
+        self.ffn_norm = self.norm_class(epsilon=ln_epsilon, name="ffn_norm")
         self.ffn = self.feed_forward_class(
             hidden_size, ffn_expansion, gelu_approximate, name="ffn"
         )

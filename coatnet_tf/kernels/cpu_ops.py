@@ -131,6 +131,53 @@ def gelu_pass(x: tf.Tensor, shift: tf.Tensor, approximate: bool = False):
     return y
 
 
+def layer_norm(
+    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float
+) -> tf.Tensor:
+    """LayerNorm over the last axis, at inference, in oneDNN's fused form.
+
+    TensorFlow's graph optimizer rewrites one graph of LayerNorm into
+    oneDNN's layer normalization (`_MklLayerNorm`, one kernel reading
+    the rows twice and writing them once): rows of rank 2, reshaped to
+    [1, rows, C, 1], normalized by a training-mode `FusedBatchNormV3`
+    with scale and offset `Fill`ed with ones and zeros, reshaped back,
+    times gamma, plus beta. This writes that graph. Its fusion needs the
+    rows' count unknown when the graph is optimized, that is, a batch
+    axis of unknown size, as in a served model; with a static batch the
+    `Fill`s are folded into constants, the graph stays unfused and is
+    slower than tf_keras's, so callers take this for unknown batches only.
+
+    In bfloat16 the kernel reads gamma and beta in bfloat16.
+
+    Args:
+      x: [..., C] with C static.
+      gamma: [C] scale.
+      beta: [C] offset.
+      epsilon: added to the variance. Given to the op as it is, where
+        `tf.compat.v1.nn.fused_batch_norm` would raise it to 1.001e-5.
+
+    Returns:
+      x's shape and dtype.
+    """
+    c = x.shape[-1]
+    rows = tf.reshape(x, [-1, c])
+    n = tf.shape(rows)[:1]
+    empty = tf.constant([], tf.float32)
+    y = tf.raw_ops.FusedBatchNormV3(
+        x=tf.reshape(rows, tf.concat([[1], n, [c, 1]], 0)),
+        scale=tf.fill(n, 1.0),
+        offset=tf.fill(n, 0.0),
+        mean=empty,
+        variance=empty,
+        epsilon=epsilon,
+        data_format="NCHW",
+        is_training=True,
+    )[0]
+    y = tf.reshape(y, tf.shape(rows))
+    y = tf.cast(beta, x.dtype) + y * tf.cast(gamma, x.dtype)
+    return tf.reshape(y, tf.shape(x))
+
+
 def column_sums(rows: tf.Tensor) -> tf.Tensor:
     """The sums of a matrix's columns, as a ones-row matmul.
 

@@ -16,7 +16,9 @@ builds the model from these.
   at inference all three BatchNorms folded, the depthwise GELU one
   oneDNN pass and the SE squeeze one oneDNN pool.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
-  XLA-fused kernels in training, and every dense layer a `FusedDense`.
+  XLA-fused kernels in training, and every dense layer a `FusedDense`;
+  at inference on a batch of unknown size (a served model's) the
+  pre-norms are oneDNN's layer normalization (`FusedLayerNorm`).
 - `FusedRelativeAttention`: at inference q, k and v projected per head
   without a transpose, and for serving the per-head kernels and the
   relative bias computed once (`freeze_for_inference`); in training the
@@ -210,6 +212,17 @@ class FusedMBConvBlock(layers.MBConvBlock):
         return cpu_ops.bias_add(y, self.project_conv.bias, training)
 
 
+def _inference_copy(layer, weight, value, key: str) -> tf.Variable:
+    """A frozen layer's non-trainable copy of what inference reads.
+
+    Named `<the layer's variable scope>/inference/<key>`, the scope read
+    from `weight`, one of the layer's own variables.
+    """
+    name = weight.name.split(":")[0]
+    scope = name.rsplit("/", 1)[0] if "/" in name else layer.name
+    return tf.Variable(value, trainable=False, name=f"{scope}/inference/{key}")
+
+
 @_register
 class FusedDense(tf_keras.layers.Dense):
     """`Dense` whose bias gradient in training is a matmul.
@@ -230,6 +243,56 @@ class FusedDense(tf_keras.layers.Dense):
             y = tf.reshape(y, shape)
             y.set_shape(inputs.shape[:-1].concatenate([self.units]))
         return self.activation(y)
+
+
+@_register
+class FusedLayerNorm(tf_keras.layers.LayerNormalization):
+    """`LayerNormalization` over the last axis that, at inference on a
+    batch of unknown size, runs as oneDNN's layer normalization
+    (`cpu_ops.layer_norm`).
+
+    A served model's batch is unknown when its graph is optimized, and
+    there the fused kernel replaces tf_keras's seven passes (two of them
+    casts under mixed_bfloat16). With a static batch, or in training,
+    this is tf_keras's layer: the fused form would not be rewritten
+    there and is slower unfused. So is a norm over other axes, or one
+    without gamma or beta.
+
+    Args: those of `LayerNormalization`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._frozen = None
+
+    def freeze_for_inference(self) -> None:
+        """Stores gamma and beta in the dtype the fused kernel reads them in.
+
+        Under mixed_bfloat16 that is bfloat16, and a served call would
+        otherwise cast both on every call. Copies in non-trainable
+        variables, as `FusedRelativeAttention.freeze_for_inference`'s; a
+        frozen layer refuses to train.
+        """
+        if self._frozen is not None or not (self.scale and self.center):
+            return
+        dtype = tf.as_dtype(self.compute_dtype)
+        self._frozen = [
+            _inference_copy(self, weight, tf.cast(weight, dtype), key)
+            for key, weight in (("gamma", self.gamma), ("beta", self.beta))
+        ]
+
+    def call(self, inputs, training=None):
+        if training and self._frozen is not None:
+            raise ValueError(
+                f"{self.name} was frozen for inference "
+                "(freeze_for_inference); build a new model to train."
+            )
+        last_axis = self.axis == [inputs.shape.rank - 1]
+        fusable = last_axis and self.scale and self.center
+        if training or inputs.shape[0] is not None or not fusable:
+            return super().call(inputs)
+        gamma, beta = self._frozen or (self.gamma, self.beta)
+        return cpu_ops.layer_norm(inputs, gamma, beta, self.epsilon)
 
 
 @_register
@@ -268,12 +331,10 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
         if self._frozen is not None:
             return
         kernels, biases = self._head_weights(tf.as_dtype(self.compute_dtype))
-        table = self.relative_position_bias.name.split(":")[0]
-        prefix = table.rsplit("/", 1)[0] if "/" in table else self.name
 
         def stored(value, key):
-            return tf.Variable(
-                value, trainable=False, name=f"{prefix}/inference/{key}"
+            return _inference_copy(
+                self, self.relative_position_bias, value, key
             )
 
         self._frozen = {
@@ -345,3 +406,4 @@ class FusedTransformerBlock(transformer.TransformerBlock):
     feed_forward_class = FusedFeedForward
     attention_class = FusedRelativeAttention
     dense_class = FusedDense
+    norm_class = FusedLayerNorm

@@ -36,11 +36,11 @@ place of the weights it came from.
 The model inside computes in the export's serving precision
 (`SERVING_PRECISIONS`): "float32", or "bfloat16", the model built under
 tf_keras's `mixed_bfloat16` policy (bfloat16 matmuls, convolutions and
-activations; float32 norms, classifier and softmax). A bfloat16 export
-stores each weight the model reads in bfloat16 as bfloat16, the value
-the mixed model would cast it to on every call (`store_read_dtype`); the
-other weights are the trained float32 values, unchanged. The signature
-contract above is the same for both.
+activations; float32 norm statistics, classifier and softmax). A
+bfloat16 export stores each weight the model reads in bfloat16 as
+bfloat16, the value the mixed model would cast it to on every call
+(`store_read_dtype`); the other weights are the trained float32 values,
+unchanged. The signature contract above is the same for both.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ mixed_bfloat16.
 """
 
 import functools
+import re
 
 import tensorflow as tf
 import tf_keras
@@ -16,6 +17,7 @@ from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.grappler import tf_optimizer
 
 import coatnet_tf
+from bench import op_profile
 from coatnet_tf import kernels, layers, relative_position, transformer
 from coatnet_tf.kernels import attention_ops, cpu_ops, fused
 from tests.coatnet_tf import layer_test_harness
@@ -328,6 +330,45 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         # One rounding of a value near 1 to bfloat16: at most 2^-8.
         self.assertAllClose(got, want, atol=2.0**-8, rtol=0)
 
+    def test_layer_norm(self):
+        x = tf.random.stateless_normal([3, 4, 5, 16], seed=[9, 1]) * 2 + 0.7
+        gamma = tf.random.stateless_uniform([16], [9, 2], 0.5, 1.5)
+        beta = tf.random.stateless_normal([16], [9, 3])
+        norm = tf_keras.layers.LayerNormalization(epsilon=1e-5)
+        norm.build(x.shape)
+        norm.set_weights([gamma.numpy(), beta.numpy()])
+        want = norm(x)
+        dynamic = tf.function(
+            lambda x, g, b: cpu_ops.layer_norm(x, g, b, 1e-5),
+            input_signature=[
+                tf.TensorSpec([None, 4, 5, 16]),
+                tf.TensorSpec([16]),
+                tf.TensorSpec([16]),
+            ],
+        )
+        for got in (
+            cpu_ops.layer_norm(x, gamma, beta, 1e-5),
+            dynamic(x, gamma, beta),
+        ):
+            self.assertAllClose(got, want, atol=2e-6, rtol=2e-6)
+        # epsilon as given: fused_batch_norm's wrapper would raise 1e-6 to
+        # 1.001e-5, a visible change for rows of tiny variance.
+        tiny = x * 1e-3
+        norm.epsilon = 1e-6
+        self.assertAllClose(
+            cpu_ops.layer_norm(tiny, gamma, beta, 1e-6),
+            norm(tiny),
+            atol=2e-5,
+            rtol=2e-5,
+        )
+        # bfloat16 in and out, statistics in float32: within the output's
+        # rounding and that of gamma and beta.
+        got = dynamic.python_function(tf.cast(x, tf.bfloat16), gamma, beta)
+        self.assertEqual(got.dtype, tf.bfloat16)
+        self.assertAllClose(
+            tf.cast(got, tf.float32), want, atol=2**-6, rtol=2**-7
+        )
+
 
 def _plain_attention(q, k, v, bias):
     """`RelativeAttention.attend` as autodiff differentiates it."""
@@ -454,19 +495,37 @@ class FreezeForInferenceTest(tf.test.TestCase, parameterized.TestCase):
         before = tf.function(lambda x: model(x, training=False))
         want = before(x)
         weights = len(model.variables)
-        # coatnet-tiny has three attention blocks.
-        self.assertEqual(coatnet_tf.freeze_for_inference(model), 3)
-        self.assertEqual(coatnet_tf.freeze_for_inference(model), 3)
-        self.assertLen(model.variables, weights + 3 * 7)
+        dynamic = tf.TensorSpec([None, 32, 32, 3])
+        want_dynamic = before.get_concrete_function(dynamic)(x)
+        # coatnet-tiny has three Transformer blocks: 3 attention layers
+        # (7 copies each) and 6 pre-norms (gamma and beta).
+        frozen = 3 * 7 + 6 * 2
+        self.assertEqual(coatnet_tf.freeze_for_inference(model), 9)
+        self.assertEqual(coatnet_tf.freeze_for_inference(model), 9)
+        self.assertLen(model.variables, weights + frozen)
         after = tf.function(lambda x: model(x, training=False))
         self.assertAllEqual(after(x), want)
-        # The traced forward reads the frozen copies, not the weights they
-        # were derived from, and re-lays out no kernel.
-        traced = after.get_concrete_function(tf.TensorSpec([None, 32, 32, 3]))
+        # The traced forward for a batch of unknown size (a served one)
+        # reads the frozen copies, not the weights they were derived
+        # from, and re-lays out no kernel.
+        traced = after.get_concrete_function(dynamic)
+        self.assertAllEqual(traced(x), want_dynamic)
         read = [v.name for v in traced.variables]
-        self.assertLen([n for n in read if "/inference/" in n], 3 * 7)
+        self.assertLen([n for n in read if "/inference/" in n], frozen)
         self.assertFalse([n for n in read if "qkv/" in n])
         self.assertFalse([n for n in read if "relative_position_bias" in n])
+        pre_norm = re.compile(r"/(attn|ffn)_norm/")
+        self.assertFalse(
+            [n for n in read if pre_norm.search(n) and "/inference/" not in n]
+        )
+        # Nor casts the pre-norms' gamma and beta (bfloat16 when frozen).
+        self.assertFalse(
+            [
+                op
+                for op in traced.graph.get_operations()
+                if op.type == "Cast" and pre_norm.search(op.name)
+            ]
+        )
         self.assertFalse(
             [
                 op
@@ -631,6 +690,71 @@ def _optimized_graph(fn, spec):
         [t.op.name for t in graph.outputs]
     )
     return tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta)
+
+
+class FusedLayerNormTest(tf.test.TestCase, parameterized.TestCase):
+    def _block(self):
+        block = fused.FusedTransformerBlock(32, 8, (4, 4))
+        block(tf.zeros([1, 4, 4, 32]))
+        return block
+
+    def test_unknown_batch_fuses_into_onednn_layer_norm(self):
+        # The pre-norms run as oneDNN's layer normalization; with a folded
+        # `Fill`, or rows of rank 4, they would run as a batch norm. The
+        # rewrite is made when the function runs, so its trace is read.
+        block = self._block()
+        dynamic = tf.function(
+            lambda x: block(x, training=False),
+            input_signature=[tf.TensorSpec([None, 4, 4, 32])],
+        )
+        x = tf.zeros([2, 4, 4, 32])
+        dynamic(x)
+        logdir = self.get_temp_dir() + "/trace"
+        tf.profiler.experimental.start(logdir)
+        try:
+            dynamic(x).numpy()
+        finally:
+            tf.profiler.experimental.stop()
+        ops = set(op_profile.read_host_op_times(logdir))
+        self.assertIn("_MklLayerNorm", ops)
+        self.assertFalse([op for op in ops if "BatchNorm" in op], ops)
+
+    @parameterized.parameters(
+        dict(shape=[2, 4, 4, 32], training=False),
+        dict(shape=[None, 4, 4, 32], training=True),
+    )
+    def test_static_batch_and_training_keep_the_keras_graph(
+        self, shape, training
+    ):
+        # Unfused, the FusedBatchNormV3 form is slower than tf_keras's.
+        block = self._block()
+        graph = (
+            tf.function(lambda x: block(x, training=training))
+            .get_concrete_function(tf.TensorSpec(shape))
+            .graph
+        )
+        ops = [op.type for op in graph.get_operations()]
+        self.assertNotIn("FusedBatchNormV3", ops)
+        self.assertIn("SquaredDifference", ops)
+
+    def test_unknown_batch_equals_the_reference_block(self):
+        ref = transformer.TransformerBlock(32, 8, (4, 4))
+        block = self._block()
+        ref(tf.zeros([1, 4, 4, 32]))
+        weights = [
+            tf.random.stateless_normal(w.shape, [i, 5]).numpy()
+            for i, w in enumerate(ref.get_weights())
+        ]
+        ref.set_weights(weights)
+        block.set_weights(weights)
+        x = tf.random.stateless_normal([3, 4, 4, 32], seed=[2, 2])
+        dynamic = tf.function(
+            lambda x: block(x, training=False),
+            input_signature=[tf.TensorSpec([None, 4, 4, 32])],
+        )
+        self.assertAllClose(
+            dynamic(x), ref(x, training=False), atol=1e-4, rtol=1e-4
+        )
 
 
 class FusedMBConvTest(tf.test.TestCase, parameterized.TestCase):

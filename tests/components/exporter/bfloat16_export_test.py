@@ -291,15 +291,24 @@ class BFloat16ExportTest(tf.test.TestCase):
             v for v in loaded.model_variables if "classifier/kernel" in v.name
         ]
         self.assertEqual([v.dtype for v in classifier], [tf.float32])
-        # Not saved: the weights of coatnet-tiny's three attention blocks
+        # Not saved: the weights of coatnet-tiny's three Transformer blocks
         # that inference reads only as the frozen copies.
         self.assertEqual(
-            sorted(n.split("/attention/")[1] for n in trained),
+            sorted(n.split("/", 2)[2] for n in trained),
             sorted(
-                ["qkv/bias:0", "qkv/kernel:0", "relative_position_bias:0"] * 3
+                [
+                    "attention/qkv/bias:0",
+                    "attention/qkv/kernel:0",
+                    "attention/relative_position_bias:0",
+                    "attn_norm/gamma:0",
+                    "attn_norm/beta:0",
+                    "ffn_norm/gamma:0",
+                    "ffn_norm/beta:0",
+                ]
+                * 3
             ),
         )
-        self.assertLen(frozen, 3 * 7)
+        self.assertLen(frozen, 3 * 7 + 6 * 2)
         # Saved in the model's own order, which every process shares (a
         # traced function's capture order is not), so that two exports of
         # one model write the same variable files.
