@@ -232,9 +232,8 @@ class RelativeAttention(tf_keras.layers.Layer):
                 f"shape), got input {inputs.shape}."
             )
         q, k, v = self.project_heads(inputs, training)
-        out = self.attend(q, k, v, training)  # [B, heads, N, d]
-        out = tf.transpose(out, [0, 2, 1, 3])  # [B, N, heads, d]
-        out = self.out_proj(tf.reshape(out, [-1, self.hidden_size]))
+        out = self.attend(q, k, v, training)
+        out = self.out_proj(self.merge_heads(out, training))
         return tf.reshape(out, [-1, h, w, self.hidden_size])
 
     def project_heads(self, inputs, training=None):
@@ -276,6 +275,20 @@ class RelativeAttention(tf_keras.layers.Layer):
         logits = tf.cast(logits, tf.float32) + self.bias()
         probs = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
         return tf.matmul(probs, v)
+
+    def merge_heads(self, out, training=None):
+        """The heads' outputs side by side, per token.
+
+        Args:
+          out: `attend`'s output, [B, heads, N, d].
+          training: unused here; subclasses may choose a path by it.
+
+        Returns:
+          [B N, hidden_size].
+        """
+        del training
+        out = tf.transpose(out, [0, 2, 1, 3])  # [B, N, heads, d]
+        return tf.reshape(out, [-1, self.hidden_size])
 
     def get_config(self):
         return {

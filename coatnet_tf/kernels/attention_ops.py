@@ -2,14 +2,16 @@
 
 `RelativeAttention` (Eq. 3) projects q, k and v with one matmul, moves
 heads before tokens with a transpose, and lets autodiff differentiate its
-softmax. On CPU three of those steps cost more than they need to, and
-each function here replaces one, with the same values and gradients
+softmax. On CPU those steps cost more than they need to, and each
+function here replaces one, with the same values and gradients but for
+one rounding: `inference_attention` adds the bias in the compute dtype
 (tests/coatnet_tf/kernels_test.py):
 
 - `head_weights` and `head_projections`, inference: q, k and v of every
-  head as broadcast batched matmuls that write [B, heads, N, d] directly,
-  with no transpose of the projection's output, 1 / sqrt(d) folded into
-  q's kernel.
+  head as broadcast batched matmuls that write [heads, B, N, d]
+  directly, with no transpose of the projection's output.
+- `inference_attention`: heads major, the scale and the relative bias
+  become the logits' matmul's epilogue.
 - `attention`, training: softmax(q k^T + bias) v with a hand-written
   gradient. The softmax gradient needs, per query, the sum of its
   probabilities times their gradients; that sum equals the dot product
@@ -27,10 +29,7 @@ from coatnet_tf.kernels import cpu_ops
 
 
 def head_weights(
-    kernel: tf.Tensor,
-    bias: tf.Tensor,
-    heads: int,
-    scale: float,
+    kernel: tf.Tensor, bias: tf.Tensor, heads: int
 ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
     """The qkv projection's weights laid out per head, for inference.
 
@@ -39,7 +38,6 @@ def head_weights(
         each (the dense layer's kernel).
       bias: [3 heads d].
       heads: number of heads.
-      scale: q's factor, 1 / sqrt(d), folded into q's kernel and bias.
 
     Returns:
       ([q, k, v kernels, each [heads, C, d]], [q, k, v biases, each
@@ -47,10 +45,8 @@ def head_weights(
     """
     c = kernel.shape[0]
     d = kernel.shape[-1] // (3 * heads)
-    factor = tf.constant([scale, 1.0, 1.0], kernel.dtype)[:, None, None, None]
     kernels = tf.transpose(tf.reshape(kernel, [c, 3, heads, d]), [1, 2, 0, 3])
-    biases = tf.reshape(bias, [3, heads, 1, d]) * tf.cast(factor, bias.dtype)
-    return tf.unstack(kernels * factor), tf.unstack(biases)
+    return tf.unstack(kernels), tf.unstack(tf.reshape(bias, [3, heads, 1, d]))
 
 
 def head_projections(
@@ -58,19 +54,20 @@ def head_projections(
     kernels: list[tf.Tensor],
     biases: list[tf.Tensor],
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """q * scale, k and v of every head, without a transpose.
+    """q, k and v of every head, heads major, without a transpose.
 
-    A dense layer over tokens writes [B N, 3 heads d], and attention needs
-    [B, heads, N, d]: the reference transposes the whole projection. Here
-    each of q, k and v is a batched matmul of the tokens [B, 1, N, C]
-    with the kernel's heads [heads, C, d] (`head_weights`), broadcast
-    over the batch, which writes that layout directly. On S3 of
-    coatnet-0 at batch 16 (AMD EPYC with AVX512_BF16) the three batched
-    matmuls took as long as the one dense matmul (8.5 against 8.0 ms in
-    float32), which with its transpose took 9.3 to 12.3.
+    A dense layer over tokens writes [B N, 3 heads d], and the reference
+    transposes the whole projection to [B, heads, N, d]. Here each of q,
+    k and v is a batched matmul of the tokens [1, B N, C] with the
+    kernel's heads [heads, C, d] (`head_weights`), broadcast over the
+    heads, which writes [heads, B N, d]: the layout `attention` at
+    inference takes. On S3 of coatnet-0 at batch 16 (AMD EPYC with
+    AVX512_BF16) three such matmuls took as long as the one dense matmul
+    (8.5 against 8.0 ms in float32), which with its transpose took 9.3
+    to 12.3.
 
     For inference: the kernel's gradient would be summed over a broadcast
-    batch axis, so training keeps the dense layer.
+    axis, so training keeps the dense layer.
 
     Args:
       x: tokens [B, H, W, C].
@@ -78,11 +75,50 @@ def head_projections(
       biases: `head_weights`' q, k and v biases, in x's dtype.
 
     Returns:
-      (q, k, v), each [B, heads, H W, d] in x's dtype.
+      (q, k, v), each [heads, B, H W, d] in x's dtype; q not scaled.
     """
     _, h, w, c = x.shape
-    tokens = tf.reshape(x, [-1, 1, h * w, c])
-    return tuple(tf.matmul(tokens, k) + b for k, b in zip(kernels, biases))
+    tokens = tf.reshape(x, [1, -1, c])
+    heads, d = kernels[0].shape[0], kernels[0].shape[-1]
+    return tuple(
+        tf.reshape(tf.matmul(tokens, k) + b, [heads, -1, h * w, d])
+        for k, b in zip(kernels, biases)
+    )
+
+
+def inference_attention(
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    bias: tf.Tensor,
+    scale: float,
+) -> tf.Tensor:
+    """softmax(q k^T scale + bias) v, heads major, for inference.
+
+    TensorFlow's graph optimizer runs a batched matmul followed by a
+    multiply with a scalar and an add as one oneDNN matmul whose epilogue
+    scales and adds, when the addend has the shape [B', 1, N, N], B' the
+    product's first axis. Heads major, the relative bias [heads, 1, N, N]
+    is such an addend: the logits are written once, biased, where the
+    reference writes them, casts them, adds the bias and casts again.
+    The bias is added in the compute dtype: under mixed_bfloat16 the
+    bfloat16 logits' sum is rounded, and the softmax (oneDNN's, float32
+    inside) reads it. S3's attention core of coatnet-0 at batch 16 (AMD
+    EPYC with AVX512_BF16): float32 9.33 -> 8.24 ms, bfloat16 8.36 ->
+    5.42 ms, the bfloat16 core's error against float64 3.8e-3 -> 6.6e-3.
+
+    Args:
+      q: [heads, B, N, d], not scaled.
+      k: [heads, B, N, d].
+      v: [heads, B, N, d].
+      bias: [heads, 1, N, N] in q's dtype.
+      scale: 1 / sqrt(d).
+
+    Returns:
+      [heads, B, N, d] in v's dtype.
+    """
+    logits = tf.matmul(q, k, transpose_b=True) * tf.cast(scale, q.dtype)
+    return tf.matmul(tf.nn.softmax(logits + bias, axis=-1), v)
 
 
 def _batch_sum(x: tf.Tensor) -> tf.Tensor:

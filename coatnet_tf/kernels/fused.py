@@ -20,9 +20,10 @@ builds the model from these.
   at inference on a batch of unknown size (a served model's) the
   pre-norms are oneDNN's layer normalization (`FusedLayerNorm`).
 - `FusedRelativeAttention`: at inference q, k and v projected per head
-  without a transpose, and for serving the per-head kernels and the
-  relative bias computed once (`freeze_for_inference`); in training the
-  attention with a hand-written gradient (`attention_ops`).
+  without a transpose, heads major, the scale and relative bias in the
+  logits' matmul, and for serving the per-head kernels and the bias
+  computed once (`freeze_for_inference`); in training the attention
+  with a hand-written gradient (`attention_ops`).
 - In training every bias gradient over pixels or tokens is a matmul
   (`cpu_ops.bias_add`): TensorFlow's CPU kernel sums a bfloat16 one in
   bfloat16.
@@ -297,9 +298,16 @@ class FusedLayerNorm(tf_keras.layers.LayerNormalization):
 
 @_register
 class FusedRelativeAttention(relative_position.RelativeAttention):
-    """`RelativeAttention` with `FusedDense` projections, heads projected
-    without a transpose at inference, and in training the attention's
-    hand-written gradient (`attention_ops`).
+    """`RelativeAttention` with `FusedDense` projections, at inference
+    heads major with the scale and bias in the logits' matmul, and in
+    training the attention's hand-written gradient (`attention_ops`).
+
+    At inference q, k and v are projected per head straight into [heads,
+    B, N, d] (`attention_ops.head_projections`), where the relative bias
+    [heads, 1, N, N] joins the logits' matmul as its epilogue
+    (`attention_ops.inference_attention`). That adds the bias in the
+    compute dtype: under mixed_bfloat16, to bfloat16 logits, where the
+    reference adds it to float32 ones (tests bound the difference).
 
     What inference derives from the weights alone (the qkv kernel laid
     out per head, the relative bias gathered from its table) can be
@@ -319,9 +327,9 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
         """Stores what inference derives from the weights, computed once.
 
         Each inference call otherwise lays the qkv kernel out per head (a
-        transpose and a scale of 3 C^2 values) and gathers the [heads, N,
-        N] bias from its table: work that does not shrink with the batch,
-        a quarter of the op time of coatnet-0's bfloat16 forward at batch
+        transpose of 3 C^2 values) and gathers the [heads, N, N] bias
+        from its table: work that does not shrink with the batch, a
+        quarter of the op time of coatnet-0's bfloat16 forward at batch
         1 in a profile (served, frozen runs 1.10x faster there). Here
         both are computed by the inference path's own functions and kept
         in non-trainable variables, which inference then reads: the same
@@ -330,7 +338,8 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
         """
         if self._frozen is not None:
             return
-        kernels, biases = self._head_weights(tf.as_dtype(self.compute_dtype))
+        dtype = tf.as_dtype(self.compute_dtype)
+        kernels, biases = self._head_weights(dtype)
 
         def stored(value, key):
             return _inference_copy(
@@ -338,7 +347,7 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
             )
 
         self._frozen = {
-            "bias": stored(self.bias(), "bias"),
+            "bias": stored(self._inference_bias(dtype), "bias"),
             "kernels": [
                 stored(t, f"{n}_kernel") for n, t in zip("qkv", kernels)
             ],
@@ -351,13 +360,13 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
             tf.cast(self.qkv.kernel, dtype),
             tf.cast(self.qkv.bias, dtype),
             self.num_heads,
-            self.head_size**-0.5,
         )
 
-    def bias(self) -> tf.Tensor:
+    def _inference_bias(self, dtype):
+        """The relative bias as `inference_attention` adds it."""
         if self._frozen is not None:
             return tf.convert_to_tensor(self._frozen["bias"])
-        return super().bias()
+        return tf.cast(self.bias(), dtype)[:, None]
 
     def call(self, inputs, training=None):
         if training and self._frozen is not None:
@@ -379,7 +388,16 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
     def attend(self, q, k, v, training=None):
         if training:
             return attention_ops.attention(q, k, v, self.bias())
-        return super().attend(q, k, v, training)
+        bias = self._inference_bias(q.dtype)
+        scale = self.head_size**-0.5
+        return attention_ops.inference_attention(q, k, v, bias, scale)
+
+    def merge_heads(self, out, training=None):
+        if training:
+            return super().merge_heads(out, training)
+        # [heads, B, N, d] -> [B, N, heads, d]
+        out = tf.transpose(out, [1, 2, 0, 3])
+        return tf.reshape(out, [-1, self.hidden_size])
 
 
 @_register

@@ -451,13 +451,71 @@ class AttentionOpsTest(tf.test.TestCase):
         bias = tf.random.stateless_normal([3 * heads * d], seed=[8, 1])
         qkv = tf.matmul(tf.reshape(x, [-1, c]), kernel) + bias
         qkv = tf.reshape(qkv, [2, 12, 3, heads, d])
-        want = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))
-        want[0] = want[0] * 0.5
-        kernels, biases = attention_ops.head_weights(kernel, bias, heads, 0.5)
+        want = tf.unstack(tf.transpose(qkv, [2, 3, 0, 1, 4]))
+        kernels, biases = attention_ops.head_weights(kernel, bias, heads)
         ours = attention_ops.head_projections(x, kernels, biases)
         for a, b in zip(ours, want):
-            self.assertEqual(a.shape, [2, heads, 12, d])
+            self.assertEqual(a.shape, [heads, 2, 12, d])
             self.assertAllClose(a, b, atol=1e-5, rtol=1e-5)
+
+    def test_inference_attention(self):
+        # Against the reference formula, batch major with float32 logits,
+        # bias and softmax: float32 to rounding; bfloat16, which adds the
+        # bias to bfloat16 logits, within twice the reference's own error
+        # against float32 arithmetic on the same rounded inputs.
+        q, k, v, bias, _ = self._inputs(tf.float32, spread=1.0)
+        q = q * 8**-0.5  # the scaled q the reference attends with
+        heads_major = functools.partial(tf.transpose, perm=[1, 0, 2, 3])
+
+        def ours(q, k, v, bias):
+            out = attention_ops.inference_attention(
+                *(heads_major(t) for t in (q * 8**0.5, k, v)),
+                tf.cast(bias, q.dtype)[:, None],
+                8**-0.5,
+            )
+            return heads_major(out)
+
+        exact = _plain_attention(q, k, v, bias)
+        self.assertAllClose(ours(q, k, v, bias), exact, atol=1e-5, rtol=1e-5)
+        q16, k16, v16 = (tf.cast(t, tf.bfloat16) for t in (q, k, v))
+        exact16 = _plain_attention(
+            *(tf.cast(t, tf.float32) for t in (q16, k16, v16)), bias
+        )
+        got = ours(q16, k16, v16, bias)
+        self.assertEqual(got.dtype, tf.bfloat16)
+
+        def err(x):
+            diff = tf.cast(x, tf.float32) - exact16
+            return float(tf.sqrt(tf.reduce_mean(tf.square(diff))))
+
+        self.assertLessEqual(
+            err(got), 2 * err(_plain_attention(q16, k16, v16, bias))
+        )
+        self.assertGreater(err(got), 0)
+
+    def test_inference_attention_fuses_scale_and_bias(self):
+        # One oneDNN matmul writes the biased logits: no AddV2 of the
+        # [heads, B, N, N] logits is left. The rewrite is made when the
+        # function runs, so its trace is read.
+        q, k, v, bias, _ = self._inputs(tf.float32)
+        spec = tf.TensorSpec([2, None, 20, 8])
+        fn = tf.function(
+            lambda q, k, v: attention_ops.inference_attention(
+                q, k, v, bias[:, None], 0.25
+            ),
+            input_signature=[spec] * 3,
+        )
+        args = [tf.transpose(t, [1, 0, 2, 3]) for t in (q, k, v)]
+        fn(*args)
+        logdir = self.get_temp_dir() + "/trace"
+        tf.profiler.experimental.start(logdir)
+        try:
+            fn(*args).numpy()
+        finally:
+            tf.profiler.experimental.stop()
+        ops = op_profile.read_host_op_times(logdir)
+        self.assertIn("_MklFusedBatchMatMulV2", ops)
+        self.assertNotIn("AddV2", ops)
 
     def test_inference_projects_heads_without_a_transpose(self):
         # Transposes of activations (their shape has the unknown batch):
