@@ -5,7 +5,8 @@ whose gradients run as matmuls and forward convs; the 1x1 convolution as
 one matmul, also with the squeeze-excitation gate folded into its kernel,
 or with a training BatchNorm whose statistics come from its input; weight
 gradients split in two halves of rows; BatchNorm folding and 2x2
-subsampling for inference; the BatchNorm moving-average update. Each
+subsampling for inference; the BatchNorm moving-average update; the
+inference LayerNorm in the form oneDNN's kernel replaces. Each
 exists because a profile of CoAtNet steps on CPU showed the generic op
 slower (each docstring says by how much; docs/performance.md has the
 profiles). `coatnet_tf.kernels.fused` composes them into layers; every
@@ -137,11 +138,12 @@ def layer_norm(
     """LayerNorm over the last axis, at inference, in oneDNN's fused form.
 
     TensorFlow's graph optimizer rewrites one graph of LayerNorm into
-    oneDNN's layer normalization (`_MklLayerNorm`, one kernel reading
-    the rows twice and writing them once): rows of rank 2, reshaped to
-    [1, rows, C, 1], normalized by a training-mode `FusedBatchNormV3`
-    with scale and offset `Fill`ed with ones and zeros, reshaped back,
-    times gamma, plus beta. This writes that graph. Its fusion needs the
+    oneDNN's layer normalization (`_MklLayerNorm`: one kernel, its
+    statistics in float32, where tf_keras's graph makes five passes over
+    the rows): rows of rank 2, reshaped to [1, rows, C, 1], normalized
+    by a training-mode `FusedBatchNormV3` with scale and offset `Fill`ed
+    with ones and zeros, reshaped back, times gamma, plus beta. This
+    writes that graph. Its fusion needs the
     rows' count unknown when the graph is optimized, that is, a batch
     axis of unknown size, as in a served model; with a static batch the
     `Fill`s are folded into constants, the graph stays unfused and is
@@ -174,6 +176,7 @@ def layer_norm(
         is_training=True,
     )[0]
     y = tf.reshape(y, tf.shape(rows))
+    # beta + y * gamma: the rewrite's pattern, operands in its order.
     y = tf.cast(beta, x.dtype) + y * tf.cast(gamma, x.dtype)
     return tf.reshape(y, tf.shape(x))
 

@@ -253,11 +253,11 @@ class FusedLayerNorm(tf_keras.layers.LayerNormalization):
     (`cpu_ops.layer_norm`).
 
     A served model's batch is unknown when its graph is optimized, and
-    there the fused kernel replaces tf_keras's seven passes (two of them
-    casts under mixed_bfloat16). With a static batch, or in training,
-    this is tf_keras's layer: the fused form would not be rewritten
-    there and is slower unfused. So is a norm over other axes, or one
-    without gamma or beta.
+    there the fused kernel replaces tf_keras's five passes over the rows
+    (seven under mixed_bfloat16, with two casts). With a static batch,
+    or in training, this is tf_keras's layer: the fused form would not
+    be rewritten there and is slower unfused. So is a norm over other
+    axes, or one without gamma or beta.
 
     Args: those of `LayerNormalization`.
     """
