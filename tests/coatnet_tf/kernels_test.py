@@ -370,6 +370,23 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         )
 
 
+def _executed_op_types(test, fn, *args) -> set[str]:
+    """The op types one call of fn(*args) ran, read from a profiler trace.
+
+    The oneDNN rewrites (`_MklLayerNorm`, `_MklFusedBatchMatMulV2`) are
+    made when a traced function is optimized for its first run, so the
+    ops that ran show whether a graph was rewritten.
+    """
+    fn(*args)
+    logdir = test.get_temp_dir() + "/trace"
+    tf.profiler.experimental.start(logdir)
+    try:
+        fn(*args).numpy()
+    finally:
+        tf.profiler.experimental.stop()
+    return set(op_profile.read_host_op_times(logdir))
+
+
 def _plain_attention(q, k, v, bias):
     """`RelativeAttention.attend` as autodiff differentiates it."""
     logits = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) + bias
@@ -506,14 +523,7 @@ class AttentionOpsTest(tf.test.TestCase):
             input_signature=[spec] * 3,
         )
         args = [tf.transpose(t, [1, 0, 2, 3]) for t in (q, k, v)]
-        fn(*args)
-        logdir = self.get_temp_dir() + "/trace"
-        tf.profiler.experimental.start(logdir)
-        try:
-            fn(*args).numpy()
-        finally:
-            tf.profiler.experimental.stop()
-        ops = op_profile.read_host_op_times(logdir)
+        ops = _executed_op_types(self, fn, *args)
         self.assertIn("_MklFusedBatchMatMulV2", ops)
         self.assertNotIn("AddV2", ops)
 
@@ -765,15 +775,7 @@ class FusedLayerNormTest(tf.test.TestCase, parameterized.TestCase):
             lambda x: block(x, training=False),
             input_signature=[tf.TensorSpec([None, 4, 4, 32])],
         )
-        x = tf.zeros([2, 4, 4, 32])
-        dynamic(x)
-        logdir = self.get_temp_dir() + "/trace"
-        tf.profiler.experimental.start(logdir)
-        try:
-            dynamic(x).numpy()
-        finally:
-            tf.profiler.experimental.stop()
-        ops = set(op_profile.read_host_op_times(logdir))
+        ops = _executed_op_types(self, dynamic, tf.zeros([2, 4, 4, 32]))
         self.assertIn("_MklLayerNorm", ops)
         self.assertFalse([op for op in ops if "BatchNorm" in op], ops)
 
