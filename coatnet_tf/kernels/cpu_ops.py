@@ -143,11 +143,11 @@ def layer_norm(
     the rows): rows of rank 2, reshaped to [1, rows, C, 1], normalized
     by a training-mode `FusedBatchNormV3` with scale and offset `Fill`ed
     with ones and zeros, reshaped back, times gamma, plus beta. This
-    writes that graph. Its fusion needs the
-    rows' count unknown when the graph is optimized, that is, a batch
-    axis of unknown size, as in a served model; with a static batch the
-    `Fill`s are folded into constants, the graph stays unfused and is
-    slower than tf_keras's, so callers take this for unknown batches only.
+    writes that graph. Its fusion needs the rows' count unknown when the
+    graph is optimized, that is, a batch axis of unknown size, as in a
+    served model; with a static batch the `Fill`s are folded into
+    constants, the graph stays unfused and is slower than tf_keras's, so
+    callers take this for unknown batches only.
 
     In bfloat16 the kernel reads gamma and beta in bfloat16.
 

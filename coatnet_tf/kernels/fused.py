@@ -246,6 +246,18 @@ class FusedDense(tf_keras.layers.Dense):
         return self.activation(y)
 
 
+def _refuse_training_if_frozen(layer, training) -> None:
+    """Raises if a frozen layer (`layer._frozen` set) is called to train.
+
+    Its inference copies would not follow the weights' updates.
+    """
+    if training and layer._frozen is not None:
+        raise ValueError(
+            f"{layer.name} was frozen for inference "
+            "(freeze_for_inference); build a new model to train."
+        )
+
+
 @_register
 class FusedLayerNorm(tf_keras.layers.LayerNormalization):
     """`LayerNormalization` over the last axis that, at inference on a
@@ -283,11 +295,7 @@ class FusedLayerNorm(tf_keras.layers.LayerNormalization):
         ]
 
     def call(self, inputs, training=None):
-        if training and self._frozen is not None:
-            raise ValueError(
-                f"{self.name} was frozen for inference "
-                "(freeze_for_inference); build a new model to train."
-            )
+        _refuse_training_if_frozen(self, training)
         last_axis = self.axis == [inputs.shape.rank - 1]
         fusable = last_axis and self.scale and self.center
         if training or inputs.shape[0] is not None or not fusable:
@@ -369,11 +377,7 @@ class FusedRelativeAttention(relative_position.RelativeAttention):
         return tf.cast(self.bias(), dtype)[:, None]
 
     def call(self, inputs, training=None):
-        if training and self._frozen is not None:
-            raise ValueError(
-                f"{self.name} was frozen for inference "
-                "(freeze_for_inference); build a new model to train."
-            )
+        _refuse_training_if_frozen(self, training)
         return super().call(inputs, training)
 
     def project_heads(self, inputs, training=None):

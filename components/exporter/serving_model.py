@@ -121,8 +121,9 @@ class ServingModule(tf.Module):
         """
         super().__init__()
         # What inference derives from the weights alone (the attention's
-        # per-head kernels and relative bias) is computed here once, not
-        # on every call.
+        # per-head kernels and relative bias, the pre-norms' gamma and
+        # beta in the compute dtype) is computed here once, not on every
+        # call.
         coatnet_tf.freeze_for_inference(model)
         # The Keras model is held untracked and only the variables its
         # traced forward reads are tracked (below): the SavedModel then
