@@ -5,7 +5,8 @@
 - "reference": `coatnet_tf.layers` and `coatnet_tf.transformer`, the
   paper's formulas with one forward path each;
 - "fused": `coatnet_tf.kernels.fused`, subclasses of those layers with the
-  CPU-tuned paths of `coatnet_tf.kernels.cpu_ops`.
+  CPU-tuned paths of `coatnet_tf.kernels.cpu_ops`, `gelu_ops` and
+  `attention_ops`.
 
 Both build the same variables under the same names, so checkpoints load
 across settings. The setting is chosen only here, from the config; no

@@ -8,11 +8,12 @@ builds the model from these.
 
 - `FusedConvStem`: its 3x3 convs with matmul-based gradients
   (`cpu_ops.conv3x3_stride2`, `cpu_ops.conv3x3_same`); at inference norm0
-  folded into conv0 and the GELU one oneDNN pass (`cpu_ops.gelu_pass`).
+  folded into conv0 and the GELU one oneDNN pass (`gelu_ops.gelu_pass`).
 - `FusedMBConvBlock`: 1x1 convs as matmuls over pixels, the
   squeeze-excitation gate folded into the projection kernel; in training
   expand_norm's statistics from the expansion's input
-  (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels;
+  (`cpu_ops.batch_normalized_pixel_matmul`) and GELU as XLA-fused kernels
+  (`gelu_ops.gelu`);
   at inference all three BatchNorms folded, the depthwise GELU one
   oneDNN pass and the SE squeeze one oneDNN pool.
 - `FusedFeedForward`, `FusedTransformerBlock`: the FFN's GELU as
@@ -38,7 +39,7 @@ import tensorflow as tf
 import tf_keras
 
 from coatnet_tf import layers, relative_position, transformer
-from coatnet_tf.kernels import attention_ops, cpu_ops
+from coatnet_tf.kernels import attention_ops, cpu_ops, gelu_ops
 
 _register = tf_keras.saving.register_keras_serializable(package="coatnet")
 
@@ -74,10 +75,10 @@ def _bias_gelu(x: tf.Tensor, bias: tf.Tensor, approximate: bool):
     """gelu(x + bias) at inference, bias per channel, in two oneDNN ops.
 
     The bias joins the conv before it as a fused bias add, all but its
-    mean, which goes to `cpu_ops.gelu_pass` as the shift its fusion needs.
+    mean, which goes to `gelu_ops.gelu_pass` as the shift its fusion needs.
     """
     shift = tf.reduce_mean(bias)
-    return cpu_ops.gelu_pass(
+    return gelu_ops.gelu_pass(
         tf.nn.bias_add(x, bias - shift), shift, approximate
     )
 
@@ -94,7 +95,7 @@ class FusedConvStem(layers.ConvStem):
             x = cpu_ops.conv3x3_stride2(inputs, _kernel(self.conv0))
             x = cpu_ops.bias_add(x, self.conv0.bias, training)
             x = self.norm0(x, training=training)
-            x = cpu_ops.gelu(x, self.gelu_approximate, training)
+            x = gelu_ops.gelu(x, self.gelu_approximate, training)
             x = cpu_ops.conv3x3_same(x, _kernel(self.conv1))
             return cpu_ops.bias_add(x, self.conv1.bias, training)
         # Inference. Moving statistics make norm0 affine: fold it into
@@ -133,10 +134,10 @@ class FusedMBConvBlock(layers.MBConvBlock):
         else:
             x = _conv1x1(self.expand_conv, x, training)
             x = self.expand_norm(x, training=training)
-        x = cpu_ops.gelu(x, self.gelu_approximate, training)
+        x = gelu_ops.gelu(x, self.gelu_approximate, training)
         x = self.depthwise_conv(x)
         x = self.depthwise_norm(x, training=training)
-        x = cpu_ops.gelu(x, self.gelu_approximate, training)
+        x = gelu_ops.gelu(x, self.gelu_approximate, training)
         x = self._project(x, training=True)
         shortcut = self.shortcut(inputs, training=True)
         return shortcut + self.drop_path(x, training=training)
@@ -150,7 +151,7 @@ class FusedMBConvBlock(layers.MBConvBlock):
         depthwise_norm folds into the depthwise kernel plus a bias.
 
         The depthwise GELU has no fused kernel after the conv; it runs
-        as one oneDNN pass (`cpu_ops.gelu_pass`).
+        as one oneDNN pass (`gelu_ops.gelu_pass`).
         """
         dtype = inputs.dtype
         scale1, shift1 = cpu_ops.batch_norm_affine(self.pre_norm, dtype)
@@ -415,7 +416,7 @@ class FusedFeedForward(transformer.FeedForward):
     dense_class = FusedDense
 
     def activation(self, x: tf.Tensor, training=None) -> tf.Tensor:
-        return cpu_ops.gelu(x, self.gelu_approximate, training)
+        return gelu_ops.gelu(x, self.gelu_approximate, training)
 
 
 @_register

@@ -10,6 +10,7 @@ mixed_bfloat16.
 import functools
 import re
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl.testing import parameterized
@@ -19,7 +20,7 @@ from tensorflow.python.grappler import tf_optimizer
 import coatnet_tf
 from bench import op_profile
 from coatnet_tf import kernels, layers, relative_position, transformer
-from coatnet_tf.kernels import attention_ops, cpu_ops, fused
+from coatnet_tf.kernels import attention_ops, cpu_ops, fused, gelu_ops
 from tests.coatnet_tf import layer_test_harness
 
 
@@ -198,8 +199,8 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         x = tf.linspace(-6.0, 6.0, 101)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
-            ours = cpu_ops.gelu(x, approximate=False, training=True)
-            plain = cpu_ops.gelu(x, approximate=False, training=False)
+            ours = gelu_ops.gelu(x, approximate=False, training=True)
+            plain = gelu_ops.gelu(x, approximate=False, training=False)
             reference = tf.nn.gelu(x, approximate=False)
         self.assertAllClose(ours, reference, atol=1e-6)
         self.assertAllClose(plain, reference, atol=1e-6)
@@ -215,7 +216,7 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         x32, dy32 = tf.cast(x, tf.float32), tf.cast(dy, tf.float32)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch([x, x32])
-            ours = cpu_ops.gelu(x, approximate=False, training=True)
+            ours = gelu_ops.gelu(x, approximate=False, training=True)
             reference = tf.nn.gelu(x32, approximate=False)
         self.assertEqual(ours.dtype, tf.bfloat16)
         self.assertAllClose(
@@ -234,13 +235,73 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
             rtol=2**-8,
         )
 
+    @staticmethod
+    def every_value(dtype):
+        """Every value of a 16-bit float dtype, NaNs and infinities too."""
+        bits = tf.constant(np.arange(2**16, dtype=np.uint16))
+        return tf.bitcast(bits, dtype)
+
+    def assert_same_bits(self, a, b):
+        a16, b16 = tf.bitcast(a, tf.uint16), tf.bitcast(b, tf.uint16)
+        both_nan = tf.math.is_nan(a) & tf.math.is_nan(b)
+        self.assertEqual(
+            int(tf.math.count_nonzero((a16 != b16) & ~both_nan)), 0
+        )
+
+    @parameterized.parameters(tf.bfloat16, tf.float16)
+    def test_gelu_16bit_lookups_equal_float32_kernels(self, dtype):
+        # Training GELU of a 16-bit float reads tables; forward and
+        # backward must equal the float32 kernels, computed here as
+        # formulas, to the bit for every input value.
+        x = self.every_value(dtype)
+        dy = tf.cast(tf.random.stateless_normal([2**16], [4, 2]), dtype)
+        step = tf.function(
+            lambda x, dy: tf.gradients(
+                gelu_ops.gelu(x, approximate=False, training=True),
+                x,
+                grad_ys=dy,
+            )[0]
+        )
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = gelu_ops.gelu(x, approximate=False, training=True)
+        dx = tape.gradient(y, x, output_gradients=dy)
+        self.assertEqual((y.dtype, dx.dtype), (dtype, dtype))
+        self.assert_same_bits(y, gelu_ops._gelu_forward(x))
+        self.assert_same_bits(dx, gelu_ops._gelu_backward(x, dy))
+        self.assert_same_bits(step(x, dy), dx)  # tables from a graph
+        # The tables hold GELU and its slope, indexed by the input's bits.
+        values, slopes = gelu_ops.gelu_tables(dtype)
+        one = int(tf.bitcast(tf.constant(1.0, dtype), tf.uint16))
+        self.assertAllClose(values[one], 0.8413, atol=2e-3)
+        self.assertEqual(slopes.dtype, tf.float32)
+        self.assertAllClose(slopes[one], 1.0833, atol=1e-4)
+        self.assertAllClose(slopes[0], 0.5)  # +0
+
+    def test_gelu_tables_built_in_a_graph(self):
+        # With no eager context to build them in (a TF1-style graph), the
+        # tables are computed in the graph, with the same values.
+        want = [t.numpy() for t in gelu_ops.gelu_tables(tf.bfloat16)]
+        with tf.Graph().as_default():
+            tables = gelu_ops.gelu_tables(tf.bfloat16)
+            self.assertFalse(isinstance(tables[0], tf.__internal__.EagerTensor))
+            with tf.compat.v1.Session() as session:
+                got = session.run(tables)
+        for a, b in zip(got, want):
+            bits = f"u{a.itemsize}"  # NaNs compare equal as bits
+            self.assertAllEqual(a.view(bits), b.view(bits))
+
+    def test_gelu_tables_refuse_other_dtypes(self):
+        with self.assertRaisesRegex(ValueError, "16-bit floats"):
+            gelu_ops.gelu_tables(tf.float32)
+
     @parameterized.parameters(False, True)
     def test_gelu_pass(self, approximate):
         x = tf.random.stateless_normal([2, 4, 4, 32], seed=[3, 4]) * 3.0
         shift = tf.constant(0.3)
         want = tf.nn.gelu(x + shift, approximate=approximate)
-        graph = tf.function(cpu_ops.gelu_pass)  # fused by oneDNN there
-        for fn in (cpu_ops.gelu_pass, graph):
+        graph = tf.function(gelu_ops.gelu_pass)  # fused by oneDNN there
+        for fn in (gelu_ops.gelu_pass, graph):
             self.assertAllClose(
                 fn(x, shift, approximate), want, atol=1e-5, rtol=1e-5
             )
@@ -258,12 +319,12 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         # Sizes the rows of 16 do not tile, or not known, take the formula.
         odd = x[:, :3, :3, :5]  # 45 values per example
         self.assertAllClose(
-            cpu_ops.gelu_pass(odd, shift, approximate),
+            gelu_ops.gelu_pass(odd, shift, approximate),
             tf.nn.gelu(odd + shift, approximate=approximate),
             atol=1e-6,
         )
         dynamic = tf.function(
-            lambda x: cpu_ops.gelu_pass(x, shift, approximate),
+            lambda x: gelu_ops.gelu_pass(x, shift, approximate),
             input_signature=[tf.TensorSpec([None, None, None, 32])],
         )
         self.assertAllClose(dynamic(x), want, atol=1e-5, rtol=1e-5)
