@@ -278,6 +278,14 @@ class FusedLayerNorm(tf_keras.layers.LayerNormalization):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._frozen = None
+        self._fusable = False
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # oneDNN's kernel normalizes the last axis and applies both gamma
+        # and beta; the one test that `call` and the freeze both read.
+        last = tf.TensorShape(input_shape).rank - 1
+        self._fusable = self.axis == [last] and self.scale and self.center
 
     def freeze_for_inference(self) -> None:
         """Stores gamma and beta in the dtype the fused kernel reads them in.
@@ -285,9 +293,10 @@ class FusedLayerNorm(tf_keras.layers.LayerNormalization):
         Under mixed_bfloat16 that is bfloat16, and a served call would
         otherwise cast both on every call. Copies in non-trainable
         variables, as `FusedRelativeAttention.freeze_for_inference`'s; a
-        frozen layer refuses to train.
+        frozen layer refuses to train. A norm the fused kernel cannot
+        take (another axis, no gamma or beta) has nothing to freeze.
         """
-        if self._frozen is not None or not (self.scale and self.center):
+        if self._frozen is not None or not self._fusable:
             return
         dtype = tf.as_dtype(self.compute_dtype)
         self._frozen = [
@@ -297,9 +306,7 @@ class FusedLayerNorm(tf_keras.layers.LayerNormalization):
 
     def call(self, inputs, training=None):
         _refuse_training_if_frozen(self, training)
-        last_axis = self.axis == [inputs.shape.rank - 1]
-        fusable = last_axis and self.scale and self.center
-        if training or inputs.shape[0] is not None or not fusable:
+        if training or inputs.shape[0] is not None or not self._fusable:
             return super().call(inputs)
         gamma, beta = self._frozen or (self.gamma, self.beta)
         return cpu_ops.layer_norm(inputs, gamma, beta, self.epsilon)

@@ -858,6 +858,26 @@ class FusedLayerNormTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotIn("FusedBatchNormV3", ops)
         self.assertIn("SquaredDifference", ops)
 
+    @parameterized.parameters(
+        dict(axis=1, scale=True, center=True),
+        dict(axis=-1, scale=False, center=True),
+    )
+    def test_norm_the_kernel_cannot_take_is_keras_and_unfrozen(self, **kw):
+        # Another axis, or no gamma: tf_keras's layer on every path, no
+        # frozen copies, and it still trains after a freeze.
+        norm = fused.FusedLayerNorm(**kw)
+        reference = tf_keras.layers.LayerNormalization(**kw)
+        x = tf.random.stateless_normal([3, 4, 8], seed=[1, 7])
+        norm(x), reference(x)
+        norm.freeze_for_inference()
+        self.assertLen(norm.weights, len(reference.weights))
+        dynamic = tf.function(
+            lambda x: norm(x, training=False),
+            input_signature=[tf.TensorSpec([None, 4, 8])],
+        )
+        self.assertAllClose(dynamic(x), reference(x), atol=1e-6)
+        self.assertAllClose(norm(x, training=True), reference(x), atol=1e-6)
+
     def test_unknown_batch_equals_the_reference_block(self):
         ref = transformer.TransformerBlock(32, 8, (4, 4))
         block = self._block()
