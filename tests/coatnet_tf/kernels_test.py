@@ -270,6 +270,12 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         self.assert_same_bits(y, gelu_ops._gelu_forward(x))
         self.assert_same_bits(dx, gelu_ops._gelu_backward(x, dy))
         self.assert_same_bits(step(x, dy), dx)  # tables from a graph
+        # The lookups, not the formula kernels, are what training calls.
+        graph = step.get_concrete_function(x, dy).graph.as_graph_def()
+        called = {f.signature.name for f in graph.library.function}
+        kernels = {name for name in called if "_gelu_" in name}
+        self.assertTrue(kernels, called)
+        self.assertTrue(all("lookup" in name for name in kernels), kernels)
         # The tables hold GELU and its slope, indexed by the input's bits.
         values, slopes = gelu_ops.gelu_tables(dtype)
         one = int(tf.bitcast(tf.constant(1.0, dtype), tf.uint16))
