@@ -284,9 +284,11 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(slopes[one], 1.0833, atol=1e-4)
         self.assertAllClose(slopes[0], 0.5)  # +0
 
-    def test_gelu_tables_built_in_a_graph(self):
-        # With no eager context to build them in (a TF1-style graph), the
-        # tables are computed in the graph, with the same values.
+    def test_gelu_tables_in_a_graph(self):
+        # In a TF1-style graph, tables this process built eagerly become
+        # graph constants with their values. (A process that never ran
+        # eagerly computes them in the graph, where erf and exp round
+        # differently: not compared here.)
         want = [t.numpy() for t in gelu_ops.gelu_tables(tf.bfloat16)]
         with tf.Graph().as_default():
             tables = gelu_ops.gelu_tables(tf.bfloat16)
